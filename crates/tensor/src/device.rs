@@ -1,0 +1,37 @@
+//! Where a tensor's numbers live.
+//!
+//! The CPU is the only device built so far. The CUDA backend adds a
+//! `Storage::Cuda` variant holding a device buffer; every kernel dispatches on
+//! the storage, so code above the tensor crate never needs to know which one it
+//! holds.
+
+/// A compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Device {
+    /// The host, with rayon for parallel loops and matrixmultiply for GEMM.
+    Cpu,
+}
+
+/// A tensor's buffer, tagged by the device it lives on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Storage {
+    Cpu(Vec<f32>),
+}
+
+impl Storage {
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Storage::Cpu(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,250 @@
+//! Elementwise ops of two tensors with NumPy broadcasting: out = a (op) b.
+//!
+//! The common U-Net cases are a per-channel term (bias [1, C, 1, 1] or
+//! [C, 1, 1]) and a per-sample term ([N, C, 1, 1], the time embedding) added to
+//! an [N, C, H, W] activation. The fast kernel first merges adjacent axes that
+//! both operands walk the same way, so [N, C, H, W] + [1, C, 1, 1] becomes a
+//! loop over [N, C] rows of H*W contiguous elements with one bias value each.
+
+use super::parallel::{for_each_row, row_offsets};
+use crate::{Result, Shape, Tensor, TensorError};
+
+/// The arithmetic that a broadcasting binary op applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Maximum,
+}
+
+impl BinaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+        }
+    }
+}
+
+/// The operand strides of a broadcast walk after merging axes.
+struct Walk {
+    /// Extents of the merged axes; the last one is the inner loop.
+    dims: Vec<usize>,
+    a: Vec<usize>,
+    b: Vec<usize>,
+}
+
+/// Merges axis i into axis i+1 wherever both operands step through them as one
+/// contiguous run (stride[i] == stride[i+1] * dims[i+1]), and drops unit axes.
+fn plan(out: &Shape, a: &Shape, b: &Shape) -> Walk {
+    let (sa, sb) = (a.broadcast_strides(out), b.broadcast_strides(out));
+    let mut walk = Walk {
+        dims: vec![],
+        a: vec![],
+        b: vec![],
+    };
+    for ((&d, &x), &y) in out.dims().iter().zip(&sa).zip(&sb) {
+        if d == 1 {
+            continue;
+        }
+        if let Some(&last) = walk.dims.last() {
+            let (la, lb) = (*walk.a.last().unwrap(), *walk.b.last().unwrap());
+            if la == x * d && lb == y * d {
+                *walk.dims.last_mut().unwrap() = last * d;
+                *walk.a.last_mut().unwrap() = x;
+                *walk.b.last_mut().unwrap() = y;
+                continue;
+            }
+        }
+        walk.dims.push(d);
+        walk.a.push(x);
+        walk.b.push(y);
+    }
+    if walk.dims.is_empty() {
+        walk = Walk {
+            dims: vec![1],
+            a: vec![0],
+            b: vec![0],
+        };
+    }
+    walk
+}
+
+/// out[i] = f(a[i * sa], b[i * sb]) over one row; the stride pairs that occur
+/// are written out so that each loop vectorises.
+#[inline(always)]
+fn row_kernel(out: &mut [f32], a: &[f32], sa: usize, b: &[f32], sb: usize, f: impl Fn(f32, f32) -> f32) {
+    let n = out.len();
+    match (sa, sb) {
+        (1, 1) => {
+            for ((o, &x), &y) in out.iter_mut().zip(&a[..n]).zip(&b[..n]) {
+                *o = f(x, y);
+            }
+        }
+        (1, 0) => {
+            let y = b[0];
+            for (o, &x) in out.iter_mut().zip(&a[..n]) {
+                *o = f(x, y);
+            }
+        }
+        (0, 1) => {
+            let x = a[0];
+            for (o, &y) in out.iter_mut().zip(&b[..n]) {
+                *o = f(x, y);
+            }
+        }
+        _ => {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = f(a[i * sa], b[i * sb]);
+            }
+        }
+    }
+}
+
+fn broadcast_with(a: &Tensor, b: &Tensor, out_shape: Shape, f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Tensor {
+    let walk = plan(&out_shape, a.shape(), b.shape());
+    let inner = *walk.dims.last().unwrap();
+    let (ia, ib) = (*walk.a.last().unwrap(), *walk.b.last().unwrap());
+    let outer = &walk.dims[..walk.dims.len() - 1];
+    let (sa, sb) = (&walk.a[..outer.len()], &walk.b[..outer.len()]);
+    let (da, db) = (a.as_slice(), b.as_slice());
+    let mut out = vec![0.0; out_shape.numel()];
+    for_each_row(&mut out, inner, |r, row| {
+        let [oa, ob] = row_offsets(r, outer, [sa, sb]);
+        row_kernel(row, &da[oa..], ia, &db[ob..], ib, f);
+    });
+    Tensor::from_parts(out, out_shape)
+}
+
+impl Tensor {
+    /// out = a (op) b with broadcasting.
+    pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
+        let shape = Shape::broadcast(op.name(), self.shape(), rhs.shape())?;
+        Ok(match op {
+            BinaryOp::Add => broadcast_with(self, rhs, shape, |x, y| x + y),
+            BinaryOp::Sub => broadcast_with(self, rhs, shape, |x, y| x - y),
+            BinaryOp::Mul => broadcast_with(self, rhs, shape, |x, y| x * y),
+            BinaryOp::Div => broadcast_with(self, rhs, shape, |x, y| x / y),
+            BinaryOp::Maximum => broadcast_with(self, rhs, shape, f32::max),
+        })
+    }
+
+    pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Add)
+    }
+
+    pub fn sub(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Sub)
+    }
+
+    pub fn mul(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Mul)
+    }
+
+    pub fn div(&self, rhs: &Tensor) -> Result<Tensor> {
+        self.binary(rhs, BinaryOp::Div)
+    }
+
+    /// out = f(a, b) elementwise for two tensors of the same shape (no
+    /// broadcasting): the building block of fused backward rules.
+    pub fn zip_map(&self, rhs: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Result<Tensor> {
+        rhs.expect_shape("zip_map", self.shape())?;
+        Ok(broadcast_with(self, rhs, self.shape().clone(), f))
+    }
+
+    /// self += rhs, same shape; used to accumulate gradients without allocating.
+    pub fn add_assign(&mut self, rhs: &Tensor) -> Result<()> {
+        rhs.expect_shape("add_assign", self.shape())?;
+        let src = rhs.as_slice();
+        for (o, &x) in self.as_mut_slice().iter_mut().zip(src) {
+            *o += x;
+        }
+        Ok(())
+    }
+}
+
+/// The specification of [`Tensor::binary`]: one output element at a time,
+/// each operand's index found by unravelling the output index.
+pub fn binary_reference(a: &Tensor, b: &Tensor, op: BinaryOp) -> Result<Tensor> {
+    let shape = Shape::broadcast(op.name(), a.shape(), b.shape())?;
+    let (sa, sb) = (a.shape().broadcast_strides(&shape), b.shape().broadcast_strides(&shape));
+    let out: Vec<f32> = (0..shape.numel())
+        .map(|i| {
+            let (mut rem, mut ia, mut ib) = (i, 0, 0);
+            for axis in (0..shape.rank()).rev() {
+                let idx = rem % shape.dims()[axis];
+                rem /= shape.dims()[axis];
+                ia += idx * sa[axis];
+                ib += idx * sb[axis];
+            }
+            let (x, y) = (a.as_slice()[ia], b.as_slice()[ib]);
+            match op {
+                BinaryOp::Add => x + y,
+                BinaryOp::Sub => x - y,
+                BinaryOp::Mul => x * y,
+                BinaryOp::Div => x / y,
+                BinaryOp::Maximum => x.max(y),
+            }
+        })
+        .collect();
+    Tensor::from_vec(out, shape).map_err(|e| TensorError::invalid("binary_reference", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn check(a: &[usize], b: &[usize]) {
+        let mut rng = StdRng::seed_from_u64(0);
+        let x = Tensor::randn(a, &mut rng);
+        let y = Tensor::rand_uniform(b, 0.5, 2.0, &mut rng);
+        for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Maximum] {
+            let fast = x.binary(&y, op).unwrap();
+            let naive = binary_reference(&x, &y, op).unwrap();
+            assert_eq!(fast.shape(), naive.shape());
+            assert_eq!(fast.to_vec(), naive.to_vec(), "{op:?} {a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn unet_broadcasts_match_the_reference() {
+        check(&[2, 3, 5, 4], &[2, 3, 5, 4]); // same shape
+        check(&[2, 3, 5, 4], &[1, 3, 1, 1]); // per-channel bias
+        check(&[2, 3, 5, 4], &[3, 1, 1]); // per-channel, rank shorter
+        check(&[2, 3, 5, 4], &[2, 3, 1, 1]); // per-sample time embedding
+        check(&[2, 3, 5, 4], &[]); // scalar
+        check(&[1, 3, 1, 1], &[2, 3, 5, 4]); // broadcast on the left
+        check(&[4, 1, 3], &[5, 1]); // both sides broadcast
+        // Large enough to take the parallel path.
+        check(&[8, 64, 28, 28], &[1, 64, 1, 1]);
+    }
+
+    #[test]
+    fn incompatible_shapes_are_an_error() {
+        let e = Tensor::zeros([2, 3]).add(&Tensor::zeros([4])).unwrap_err();
+        assert_eq!(e.to_string(), "add: shapes [2, 3] and [4] cannot be broadcast together");
+    }
+
+    fn broadcastable_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+        proptest::collection::vec((1usize..5, 0u8..3), 0..5).prop_map(|axes| {
+            // For each axis: both full (0), lhs broadcast (1) or rhs broadcast (2).
+            let a = axes.iter().map(|&(d, k)| if k == 1 { 1 } else { d }).collect();
+            let b = axes.iter().map(|&(d, k)| if k == 2 { 1 } else { d }).collect();
+            (a, b)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_broadcast_matches_the_reference((a, b) in broadcastable_pair()) {
+            check(&a, &b);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Ops that move elements without arithmetic: reshape, permute, concat, narrow.
+
+use super::parallel::{for_each_row, row_offsets};
+use crate::{Result, Shape, Tensor, TensorError};
+
+impl Tensor {
+    /// Same elements, new shape (free: the buffer is shared).
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
+        let shape = shape.into();
+        if shape.numel() != self.numel() {
+            return Err(TensorError::ShapeMismatch {
+                op: "reshape",
+                lhs: self.shape().clone(),
+                rhs: shape,
+            });
+        }
+        Ok(Tensor::with_shape(self, shape))
+    }
+
+    /// Reorders the axes: output axis i is input axis `perm[i]`.
+    /// For example, [N, C, H*W] permuted by [0, 2, 1] is [N, H*W, C].
+    pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let rank = self.rank();
+        let mut seen = vec![false; rank];
+        if perm.len() != rank || perm.iter().any(|&p| p >= rank || std::mem::replace(&mut seen[p], true)) {
+            return Err(TensorError::invalid(
+                "permute",
+                format!("{perm:?} is not a permutation of the {rank} axes of {}", self.shape()),
+            ));
+        }
+        let in_strides = self.shape().strides();
+        let out_dims: Vec<usize> = perm.iter().map(|&p| self.dims()[p]).collect();
+        let src_strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
+        let out_shape = Shape::new(out_dims.clone());
+        if rank == 0 {
+            return Ok(self.clone());
+        }
+        let inner = out_dims[rank - 1];
+        let inner_stride = src_strides[rank - 1];
+        let outer = &out_dims[..rank - 1];
+        let outer_strides = &src_strides[..rank - 1];
+        let src = self.as_slice();
+        let mut out = vec![0.0; self.numel()];
+        for_each_row(&mut out, inner, |r, row| {
+            let [base] = row_offsets(r, outer, [outer_strides]);
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = src[base + j * inner_stride];
+            }
+        });
+        Ok(Tensor::from_parts(out, out_shape))
+    }
+
+    /// Swaps two axes.
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Tensor> {
+        self.shape().check_axis("transpose", a)?;
+        self.shape().check_axis("transpose", b)?;
+        let mut perm: Vec<usize> = (0..self.rank()).collect();
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Joins tensors along `axis`; every other axis must agree.
+    /// The U-Net uses this on channels (axis 1) for its skip connections.
+    pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
+        let first = parts
+            .first()
+            .ok_or_else(|| TensorError::invalid("concat", "no tensors to join"))?;
+        first.shape().check_axis("concat", axis)?;
+        for p in parts {
+            let same_rank = p.rank() == first.rank();
+            if !same_rank || (0..p.rank()).any(|i| i != axis && p.dims()[i] != first.dims()[i]) {
+                return Err(TensorError::ShapeMismatch {
+                    op: "concat",
+                    lhs: first.shape().clone(),
+                    rhs: p.shape().clone(),
+                });
+            }
+        }
+        let outer: usize = first.dims()[..axis].iter().product();
+        let mut dims = first.dims().to_vec();
+        dims[axis] = parts.iter().map(|p| p.dims()[axis]).sum();
+        // Per outer index, each part contributes one contiguous block.
+        let blocks: Vec<usize> = parts.iter().map(|p| p.numel() / outer.max(1)).collect();
+        let mut out = Vec::with_capacity(dims.iter().product());
+        for o in 0..outer {
+            for (p, &len) in parts.iter().zip(&blocks) {
+                out.extend_from_slice(&p.as_slice()[o * len..(o + 1) * len]);
+            }
+        }
+        Ok(Tensor::from_parts(out, Shape::new(dims)))
+    }
+
+    /// The slice `start .. start + len` along `axis`.
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.shape().check_axis("narrow", axis)?;
+        let extent = self.dims()[axis];
+        if start + len > extent {
+            return Err(TensorError::invalid(
+                "narrow",
+                format!("{start}..{} is outside axis {axis} of extent {extent}", start + len),
+            ));
+        }
+        let outer: usize = self.dims()[..axis].iter().product();
+        let inner: usize = self.dims()[axis + 1..].iter().product();
+        let mut dims = self.dims().to_vec();
+        dims[axis] = len;
+        let src = self.as_slice();
+        let mut out = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let base = (o * extent + start) * inner;
+            out.extend_from_slice(&src[base..base + len * inner]);
+        }
+        Ok(Tensor::from_parts(out, Shape::new(dims)))
+    }
+
+    /// Cuts `axis` into consecutive pieces of the given sizes (the inverse of concat).
+    pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
+        self.shape().check_axis("split", axis)?;
+        if sizes.iter().sum::<usize>() != self.dims()[axis] {
+            return Err(TensorError::invalid(
+                "split",
+                format!("sizes {sizes:?} do not add up to axis {axis} of {}", self.shape()),
+            ));
+        }
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&len| {
+                let piece = self.narrow(axis, start, len);
+                start += len;
+                piece
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn arange(dims: &[usize]) -> Tensor {
+        let n: usize = dims.iter().product();
+        Tensor::from_vec((0..n).map(|i| i as f32).collect(), dims).unwrap()
+    }
+
+    #[test]
+    fn transpose_of_a_matrix() {
+        let t = arange(&[2, 3]).transpose(0, 1).unwrap();
+        assert_eq!(t.dims(), &[3, 2]);
+        assert_eq!(t.to_vec(), vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+    }
+
+    #[test]
+    fn permute_rejects_a_non_permutation() {
+        assert!(arange(&[2, 3]).permute(&[0, 0]).is_err());
+        assert!(arange(&[2, 3]).permute(&[0]).is_err());
+    }
+
+    #[test]
+    fn concat_and_split_on_channels() {
+        let a = arange(&[2, 1, 2]);
+        let b = arange(&[2, 2, 2]).scale(-1.0);
+        let c = Tensor::concat(&[&a, &b], 1).unwrap();
+        assert_eq!(c.dims(), &[2, 3, 2]);
+        assert_eq!(c.to_vec(), vec![0., 1., -0., -1., -2., -3., 2., 3., -4., -5., -6., -7.]);
+        let parts = c.split(1, &[1, 2]).unwrap();
+        assert_eq!(parts[0].to_vec(), a.to_vec());
+        assert_eq!(parts[1].to_vec(), b.to_vec());
+        assert!(Tensor::concat(&[&a, &arange(&[3, 1, 2])], 1).is_err());
+    }
+
+    #[test]
+    fn reshape_checks_the_count() {
+        assert_eq!(arange(&[2, 3]).reshape([3, 2]).unwrap().dims(), &[3, 2]);
+        assert!(arange(&[2, 3]).reshape([4]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn permute_then_inverse_is_identity(
+            dims in proptest::collection::vec(1usize..5, 1..5),
+            seed in 0u64..1000,
+        ) {
+            use rand::seq::SliceRandom;
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut perm: Vec<usize> = (0..dims.len()).collect();
+            perm.shuffle(&mut rng);
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            let x = Tensor::randn(dims.as_slice(), &mut rng);
+            let y = x.permute(&perm).unwrap();
+            for (i, &p) in perm.iter().enumerate() {
+                prop_assert_eq!(y.dims()[i], x.dims()[p]);
+            }
+            prop_assert_eq!(y.permute(&inverse).unwrap().to_vec(), x.to_vec());
+        }
+    }
+}
