@@ -4,25 +4,13 @@ use crate::Shape;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TensorError {
     #[error("{op}: shapes {lhs} and {rhs} do not match")]
-    ShapeMismatch {
-        op: &'static str,
-        lhs: Shape,
-        rhs: Shape,
-    },
+    ShapeMismatch { op: &'static str, lhs: Shape, rhs: Shape },
     #[error("{op}: shapes {lhs} and {rhs} cannot be broadcast together")]
-    Broadcast {
-        op: &'static str,
-        lhs: Shape,
-        rhs: Shape,
-    },
+    Broadcast { op: &'static str, lhs: Shape, rhs: Shape },
     #[error("{len} values cannot fill shape {shape} ({} elements)", shape.numel())]
     DataLength { len: usize, shape: Shape },
     #[error("{op}: axis {axis} is out of range for a tensor of rank {rank}")]
-    Axis {
-        op: &'static str,
-        axis: usize,
-        rank: usize,
-    },
+    Axis { op: &'static str, axis: usize, rank: usize },
     #[error("{op}: {msg}")]
     Invalid { op: &'static str, msg: String },
 }
@@ -30,10 +18,8 @@ pub enum TensorError {
 pub type Result<T> = std::result::Result<T, TensorError>;
 
 impl TensorError {
-    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
-        TensorError::Invalid {
-            op,
-            msg: msg.into(),
-        }
+    /// An `Invalid` error for `op` with a message.
+    pub fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        TensorError::Invalid { op, msg: msg.into() }
     }
 }

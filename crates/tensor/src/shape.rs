@@ -38,11 +38,7 @@ impl Shape {
         if axis < self.rank() {
             Ok(())
         } else {
-            Err(TensorError::Axis {
-                op,
-                axis,
-                rank: self.rank(),
-            })
+            Err(TensorError::Axis { op, axis, rank: self.rank() })
         }
     }
 
@@ -58,13 +54,7 @@ impl Shape {
                 (a, b) if a == b => a,
                 (1, b) => b,
                 (a, 1) => a,
-                _ => {
-                    return Err(TensorError::Broadcast {
-                        op,
-                        lhs: lhs.clone(),
-                        rhs: rhs.clone(),
-                    })
-                }
+                _ => return Err(TensorError::Broadcast { op, lhs: lhs.clone(), rhs: rhs.clone() }),
             };
         }
         Ok(Shape(dims))
@@ -84,15 +74,7 @@ impl Shape {
     pub fn broadcast_strides(&self, target: &Shape) -> Vec<usize> {
         let own = self.strides();
         let offset = target.rank() - self.rank();
-        (0..target.rank())
-            .map(|i| {
-                if i < offset || self.0[i - offset] == 1 {
-                    0
-                } else {
-                    own[i - offset]
-                }
-            })
-            .collect()
+        (0..target.rank()).map(|i| if i < offset || self.0[i - offset] == 1 { 0 } else { own[i - offset] }).collect()
     }
 }
 

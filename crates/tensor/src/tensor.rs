@@ -21,33 +21,21 @@ impl Tensor {
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if data.len() != shape.numel() {
-            return Err(TensorError::DataLength {
-                len: data.len(),
-                shape,
-            });
+            return Err(TensorError::DataLength { len: data.len(), shape });
         }
-        Ok(Tensor {
-            shape,
-            storage: Arc::new(Storage::Cpu(data)),
-        })
+        Ok(Tensor { shape, storage: Arc::new(Storage::Cpu(data)) })
     }
 
     /// Builds a tensor whose length is known to match; for kernels in this crate.
     pub(crate) fn from_parts(data: Vec<f32>, shape: Shape) -> Tensor {
         debug_assert_eq!(data.len(), shape.numel());
-        Tensor {
-            shape,
-            storage: Arc::new(Storage::Cpu(data)),
-        }
+        Tensor { shape, storage: Arc::new(Storage::Cpu(data)) }
     }
 
     /// The same buffer read with another shape of the same element count.
     pub(crate) fn with_shape(t: &Tensor, shape: Shape) -> Tensor {
         debug_assert_eq!(shape.numel(), t.numel());
-        Tensor {
-            shape,
-            storage: Arc::clone(&t.storage),
-        }
+        Tensor { shape, storage: Arc::clone(&t.storage) }
     }
 
     pub fn scalar(value: f32) -> Tensor {
@@ -74,9 +62,7 @@ impl Tensor {
     /// Standard normal samples, N(0, 1).
     pub fn randn(shape: impl Into<Shape>, rng: &mut impl Rng) -> Tensor {
         let shape = shape.into();
-        let data = (0..shape.numel())
-            .map(|_| StandardNormal.sample(rng))
-            .collect();
+        let data = (0..shape.numel()).map(|_| StandardNormal.sample(rng)).collect();
         Tensor::from_parts(data, shape)
     }
 
@@ -135,10 +121,7 @@ impl Tensor {
         if self.numel() == 1 {
             Ok(self.as_slice()[0])
         } else {
-            Err(TensorError::invalid(
-                "item",
-                format!("tensor of shape {} has more than one element", self.shape),
-            ))
+            Err(TensorError::invalid("item", format!("tensor of shape {} has more than one element", self.shape)))
         }
     }
 
@@ -147,32 +130,20 @@ impl Tensor {
         if &self.shape == shape {
             Ok(())
         } else {
-            Err(TensorError::ShapeMismatch {
-                op,
-                lhs: self.shape.clone(),
-                rhs: shape.clone(),
-            })
+            Err(TensorError::ShapeMismatch { op, lhs: self.shape.clone(), rhs: shape.clone() })
         }
     }
 
     /// The largest absolute elementwise difference to `other` (same shape).
     pub fn max_abs_diff(&self, other: &Tensor) -> Result<f32> {
         other.expect_shape("max_abs_diff", &self.shape)?;
-        Ok(self
-            .as_slice()
-            .iter()
-            .zip(other.as_slice())
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs())))
+        Ok(self.as_slice().iter().zip(other.as_slice()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())))
     }
 
     /// True when every element is within `atol + rtol * |other|` of `other`.
     pub fn all_close(&self, other: &Tensor, rtol: f32, atol: f32) -> bool {
         self.shape == other.shape
-            && self
-                .as_slice()
-                .iter()
-                .zip(other.as_slice())
-                .all(|(a, b)| (a - b).abs() <= atol + rtol * b.abs())
+            && self.as_slice().iter().zip(other.as_slice()).all(|(a, b)| (a - b).abs() <= atol + rtol * b.abs())
     }
 }
 

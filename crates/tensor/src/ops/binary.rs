@@ -43,11 +43,7 @@ struct Walk {
 /// contiguous run (stride[i] == stride[i+1] * dims[i+1]), and drops unit axes.
 fn plan(out: &Shape, a: &Shape, b: &Shape) -> Walk {
     let (sa, sb) = (a.broadcast_strides(out), b.broadcast_strides(out));
-    let mut walk = Walk {
-        dims: vec![],
-        a: vec![],
-        b: vec![],
-    };
+    let mut walk = Walk { dims: vec![], a: vec![], b: vec![] };
     for ((&d, &x), &y) in out.dims().iter().zip(&sa).zip(&sb) {
         if d == 1 {
             continue;
@@ -66,11 +62,7 @@ fn plan(out: &Shape, a: &Shape, b: &Shape) -> Walk {
         walk.b.push(y);
     }
     if walk.dims.is_empty() {
-        walk = Walk {
-            dims: vec![1],
-            a: vec![0],
-            b: vec![0],
-        };
+        walk = Walk { dims: vec![1], a: vec![0], b: vec![0] };
     }
     walk
 }
@@ -222,7 +214,7 @@ mod tests {
         check(&[2, 3, 5, 4], &[]); // scalar
         check(&[1, 3, 1, 1], &[2, 3, 5, 4]); // broadcast on the left
         check(&[4, 1, 3], &[5, 1]); // both sides broadcast
-        // Large enough to take the parallel path.
+                                    // Large enough to take the parallel path.
         check(&[8, 64, 28, 28], &[1, 64, 1, 1]);
     }
 

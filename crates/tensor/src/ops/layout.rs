@@ -8,11 +8,7 @@ impl Tensor {
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Tensor> {
         let shape = shape.into();
         if shape.numel() != self.numel() {
-            return Err(TensorError::ShapeMismatch {
-                op: "reshape",
-                lhs: self.shape().clone(),
-                rhs: shape,
-            });
+            return Err(TensorError::ShapeMismatch { op: "reshape", lhs: self.shape().clone(), rhs: shape });
         }
         Ok(Tensor::with_shape(self, shape))
     }
@@ -62,9 +58,7 @@ impl Tensor {
     /// Joins tensors along `axis`; every other axis must agree.
     /// The U-Net uses this on channels (axis 1) for its skip connections.
     pub fn concat(parts: &[&Tensor], axis: usize) -> Result<Tensor> {
-        let first = parts
-            .first()
-            .ok_or_else(|| TensorError::invalid("concat", "no tensors to join"))?;
+        let first = parts.first().ok_or_else(|| TensorError::invalid("concat", "no tensors to join"))?;
         first.shape().check_axis("concat", axis)?;
         for p in parts {
             let same_rank = p.rank() == first.rank();

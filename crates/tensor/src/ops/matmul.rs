@@ -28,7 +28,17 @@ fn strides(t: Transpose, stored_cols: usize) -> (isize, isize) {
 /// op(A) is (M, K), op(B) is (K, N); A and B are stored row-major in the shape
 /// they have before `ta` / `tb`.
 #[allow(clippy::too_many_arguments)]
-pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], ta: Transpose, b: &[f32], tb: Transpose, beta: f32, c: &mut [f32]) {
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    ta: Transpose,
+    b: &[f32],
+    tb: Transpose,
+    beta: f32,
+    c: &mut [f32],
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: buffers too small");
     let (rsa, csa) = strides(ta, if ta == Transpose::No { k } else { m });
     let (rsb, csb) = strides(tb, if tb == Transpose::No { n } else { k });
@@ -36,7 +46,20 @@ pub fn sgemm(m: usize, k: usize, n: usize, a: &[f32], ta: Transpose, b: &[f32], 
     // (m, n) matrices, read with these strides, inside the three buffers.
     unsafe {
         matrixmultiply::sgemm(
-            m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1,
+            m,
+            k,
+            n,
+            1.0,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            n as isize,
+            1,
         );
     }
 }
@@ -136,17 +159,9 @@ fn batched(op: &'static str, a: &Tensor, ta: Transpose, b: &Tensor, tb: Transpos
     let (k2, n) = if tb == Transpose::No { (rb, cb) } else { (cb, rb) };
     let batch_ok = ba == bb || (b.rank() == 2);
     if k != k2 || !batch_ok || (a.rank() == 2 && b.rank() == 3) {
-        return Err(TensorError::ShapeMismatch {
-            op,
-            lhs: a.shape().clone(),
-            rhs: b.shape().clone(),
-        });
+        return Err(TensorError::ShapeMismatch { op, lhs: a.shape().clone(), rhs: b.shape().clone() });
     }
-    let out_shape = if a.rank() == 3 {
-        Shape::new([ba, m, n])
-    } else {
-        Shape::new([m, n])
-    };
+    let out_shape = if a.rank() == 3 { Shape::new([ba, m, n]) } else { Shape::new([m, n]) };
     let mut out = vec![0.0; out_shape.numel()];
     let (da, db) = (a.as_slice(), b.as_slice());
     let b_step = if b.rank() == 2 { 0 } else { k * n };
@@ -199,7 +214,8 @@ pub fn matmul_reference(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             for j in 0..n {
                 let mut acc = 0.0f64;
                 for p in 0..k {
-                    acc += a.as_slice()[batch * m * k + i * k + p] as f64 * b.as_slice()[batch * b_step + p * n + j] as f64;
+                    acc += a.as_slice()[batch * m * k + i * k + p] as f64
+                        * b.as_slice()[batch * b_step + p * n + j] as f64;
                 }
                 out[batch * m * n + i * n + j] = acc as f32;
             }

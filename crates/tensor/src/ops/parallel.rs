@@ -14,13 +14,11 @@ pub(crate) fn for_each_row(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [
         // Group rows into chunks of at least a few thousand elements so that a
         // task does real work even when rows are short.
         let rows_per_task = (4096 / row).max(1);
-        out.par_chunks_mut(row * rows_per_task)
-            .enumerate()
-            .for_each(|(task, chunk)| {
-                for (i, r) in chunk.chunks_mut(row).enumerate() {
-                    f(task * rows_per_task + i, r);
-                }
-            });
+        out.par_chunks_mut(row * rows_per_task).enumerate().for_each(|(task, chunk)| {
+            for (i, r) in chunk.chunks_mut(row).enumerate() {
+                f(task * rows_per_task + i, r);
+            }
+        });
     } else {
         out.chunks_mut(row).enumerate().for_each(|(i, r)| f(i, r));
     }
@@ -39,11 +37,7 @@ pub(crate) fn map_into(input: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + 
 
 /// Turns a row index into the offsets of that row in each operand, given the
 /// outer axes' extents and each operand's strides along them.
-pub(crate) fn row_offsets<const K: usize>(
-    mut row: usize,
-    outer: &[usize],
-    strides: [&[usize]; K],
-) -> [usize; K] {
+pub(crate) fn row_offsets<const K: usize>(mut row: usize, outer: &[usize], strides: [&[usize]; K]) -> [usize; K] {
     let mut offsets = [0; K];
     for axis in (0..outer.len()).rev() {
         let i = row % outer[axis];

@@ -115,11 +115,7 @@ impl Tensor {
         }
         let out = Shape::broadcast("sum_to", self.shape(), target)?;
         if &out != self.shape() {
-            return Err(TensorError::Broadcast {
-                op: "sum_to",
-                lhs: self.shape().clone(),
-                rhs: target.clone(),
-            });
+            return Err(TensorError::Broadcast { op: "sum_to", lhs: self.shape().clone(), rhs: target.clone() });
         }
         let offset = self.rank() - target.rank();
         let axes: Vec<usize> = (0..self.rank())

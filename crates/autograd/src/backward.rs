@@ -1,0 +1,235 @@
+//! Reverse mode: the derivative rule of every primitive, and the sweep.
+//!
+//! Notation in the comments: y is the op's output, g = dL/dy is the gradient
+//! arriving from above, and each rule returns dL/dx = g * dy/dx for each input
+//! x (as a vector-Jacobian product, never forming the Jacobian). A broadcast
+//! input receives the gradient summed over the axes it was repeated along
+//! (`sum_to`), because it contributed to every one of those outputs.
+
+use std::collections::HashMap;
+
+use ddpm_tensor::{Result, Tensor, TensorError};
+
+use crate::op::Op;
+use crate::Var;
+
+/// dL/dx for each input of `op`, given its output `y` and `g` = dL/dy.
+/// Inputs that take no gradient are skipped (their entry is `None`).
+fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    use Op::*;
+    // Computes a rule only for inputs that want a gradient.
+    let want = |v: &Var, rule: &dyn Fn() -> Result<Tensor>| -> Result<Option<Tensor>> {
+        if v.requires_grad() {
+            rule().map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (a_val, b_val) = match op.inputs().as_slice() {
+        [a, b] => (a.value(), Some(b.value())),
+        [a, ..] => (a.value(), None),
+        [] => unreachable!("every op has an input"),
+    };
+    let x = &a_val;
+    let bv = || b_val.clone().expect("binary op");
+    let grads = match op {
+        // y = a + b: dy/da = 1, dy/db = 1.
+        Add(a, b) => vec![want(a, &|| g.sum_to(&a.shape()))?, want(b, &|| g.sum_to(&b.shape()))?],
+        // y = a - b: dy/da = 1, dy/db = -1.
+        Sub(a, b) => vec![want(a, &|| g.sum_to(&a.shape()))?, want(b, &|| g.neg().sum_to(&b.shape()))?],
+        // y = a b: dy/da = b, dy/db = a.
+        Mul(a, b) => vec![want(a, &|| g.mul(&bv())?.sum_to(&a.shape()))?, want(b, &|| g.mul(x)?.sum_to(&b.shape()))?],
+        // y = a / b: dy/da = 1 / b, dy/db = -a / b^2 = -y / b.
+        Div(a, b) => vec![
+            want(a, &|| g.div(&bv())?.sum_to(&a.shape()))?,
+            want(b, &|| g.mul(y)?.div(&bv())?.neg().sum_to(&b.shape()))?,
+        ],
+        // y = -x: dy/dx = -1.
+        Neg(_) => vec![Some(g.neg())],
+        // y = s x + c: dy/dx = s.
+        Affine(_, s) => vec![Some(g.scale(*s))],
+        // y = e^x: dy/dx = e^x = y.
+        Exp(_) => vec![Some(g.mul(y)?)],
+        // y = ln x: dy/dx = 1 / x.
+        Log(_) => vec![Some(g.div(x)?)],
+        // y = sqrt(x): dy/dx = 1 / (2 sqrt(x)) = 1 / (2 y).
+        Sqrt(_) => vec![Some(g.zip_map(y, |g, y| g / (2.0 * y))?)],
+        // y = x^p: dy/dx = p x^(p-1).
+        Powf(_, p) => vec![Some(g.zip_map(x, |g, x| g * p * x.powf(p - 1.0))?)],
+        // y = tanh x: dy/dx = 1 - y^2.
+        Tanh(_) => vec![Some(g.zip_map(y, |g, y| g * (1.0 - y * y))?)],
+        // y = s(x) = 1 / (1 + e^-x): dy/dx = y (1 - y).
+        Sigmoid(_) => vec![Some(g.zip_map(y, |g, y| g * y * (1.0 - y))?)],
+        // y = x s(x): dy/dx = s(x) + x s(x)(1 - s(x)) = s(x) (1 + x (1 - s(x))).
+        Silu(_) => vec![Some(g.zip_map(x, |g, x| {
+            let s = 1.0 / (1.0 + (-x).exp());
+            g * s * (1.0 + x * (1.0 - s))
+        })?)],
+        // y = max(x, 0): dy/dx = 1 where x > 0, else 0.
+        Relu(_) => vec![Some(g.zip_map(x, |g, x| if x > 0.0 { g } else { 0.0 })?)],
+        // y = sum over axes: every summed x_i gets the whole g of its sum.
+        SumAxes(a, axes, keepdim) => {
+            let g = if *keepdim {
+                g.clone()
+            } else {
+                // Put the summed axes back as extent 1 so that g broadcasts.
+                let mut dims = a.dims();
+                axes.iter().for_each(|&i| dims[i] = 1);
+                g.reshape(dims)?
+            };
+            vec![Some(Tensor::zeros(a.shape()).add(&g)?)]
+        }
+        // A reshape moves no element: the gradient takes the input's shape back.
+        Reshape(a) => vec![Some(g.reshape(a.shape())?)],
+        // A permutation is undone by the inverse permutation.
+        Permute(_, perm) => {
+            let mut inverse = vec![0; perm.len()];
+            perm.iter().enumerate().for_each(|(i, &p)| inverse[p] = i);
+            vec![Some(g.permute(&inverse)?)]
+        }
+        // Each part gets back its own slice of g.
+        Concat(parts, axis) => {
+            let sizes: Vec<usize> = parts.iter().map(|p| p.dims()[*axis]).collect();
+            g.split(*axis, &sizes)?.into_iter().zip(parts).map(|(gi, p)| p.requires_grad().then_some(gi)).collect()
+        }
+        // The slice's gradient lands where the slice came from; zero elsewhere.
+        Narrow(a, axis, start) => {
+            let dims = a.dims();
+            let len = g.dims()[*axis];
+            let mut pieces = vec![];
+            let zeros = |n: usize| {
+                let mut d = dims.clone();
+                d[*axis] = n;
+                Tensor::zeros(d)
+            };
+            let (before, after) = (zeros(*start), zeros(dims[*axis] - start - len));
+            pieces.extend([before, g.clone(), after]);
+            vec![Some(Tensor::concat(&pieces.iter().collect::<Vec<_>>(), *axis)?)]
+        }
+        // y = softmax(x): dx = y (g - sum_j g_j y_j), row by row.
+        Softmax(_) => vec![Some(Tensor::softmax_backward(y, g)?)],
+        // y = log softmax(x): dx = g - softmax(x) sum_j g_j.
+        LogSoftmax(_) => vec![Some(Tensor::log_softmax_backward(y, g)?)],
+        // Y = A B: dA = G B^T, dB = A^T G. A weight shared across a batch
+        // (B of rank 2 under a rank-3 A) sums its per-sample gradients.
+        Matmul(a, b) => {
+            vec![want(a, &|| g.matmul_nt(&bv()))?, want(b, &|| shared_weight_grad(x.matmul_tn(g)?, &b.shape()))?]
+        }
+        // Y = A B^T: dA = G B, dB = G^T A.
+        MatmulNt(a, b) => {
+            vec![want(a, &|| g.matmul(&bv()))?, want(b, &|| shared_weight_grad(g.matmul_tn(x)?, &b.shape()))?]
+        }
+        // Y = A^T B: dA = B G^T, dB = A G.
+        MatmulTn(a, b) => {
+            vec![want(a, &|| bv().matmul_nt(g))?, want(b, &|| shared_weight_grad(x.matmul(g)?, &b.shape()))?]
+        }
+    };
+    Ok(grads)
+}
+
+/// A rank-2 right operand under a rank-3 left one was used by every batch
+/// entry: its gradient is the sum of the per-entry gradients.
+fn shared_weight_grad(per_batch: Tensor, shape: &ddpm_tensor::Shape) -> Result<Tensor> {
+    if per_batch.rank() == shape.rank() {
+        Ok(per_batch)
+    } else {
+        per_batch.sum_axes(&[0], false)
+    }
+}
+
+/// The gradients of one backward pass, for the leaves that asked for them.
+pub struct Gradients(HashMap<usize, Tensor>);
+
+impl Gradients {
+    /// dL/dv for a leaf `v` created with [`Var::param`]; `None` if the loss
+    /// does not depend on it.
+    pub fn get(&self, v: &Var) -> Option<&Tensor> {
+        self.0.get(&v.id())
+    }
+
+    pub fn remove(&mut self, v: &Var) -> Option<Tensor> {
+        self.0.remove(&v.id())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Every node that `root` depends on through ops wanting gradients, each after
+/// all of its inputs (iterative depth-first search: deep graphs cannot
+/// overflow the stack).
+fn topological_order(root: &Var) -> Vec<Var> {
+    let mut order = vec![];
+    let mut seen = std::collections::HashSet::new();
+    // (node, inputs already pushed?)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((v, expanded)) = stack.pop() {
+        if expanded {
+            order.push(v);
+            continue;
+        }
+        if !seen.insert(v.id()) {
+            continue;
+        }
+        stack.push((v.clone(), true));
+        if let Some(op) = v.0.op.borrow().as_ref() {
+            for input in op.inputs() {
+                if input.requires_grad() && !seen.contains(&input.id()) {
+                    stack.push((input.clone(), false));
+                }
+            }
+        }
+    }
+    order
+}
+
+impl Var {
+    /// Backpropagates from this node, seeded with dL/dL = 1 (of this node's
+    /// shape), and returns the gradients of the leaves.
+    ///
+    /// The graph is consumed on the way: each node's op is dropped once its
+    /// rule has run, so intermediate values and gradients are freed as soon as
+    /// they are no longer needed; a second backward through the same nodes is
+    /// an error, as in PyTorch without `retain_graph`.
+    pub fn backward(&self) -> Result<Gradients> {
+        let order = topological_order(self);
+        let mut grads: HashMap<usize, Tensor> = HashMap::new();
+        if self.requires_grad() {
+            grads.insert(self.id(), Tensor::ones(self.shape()));
+        }
+        let mut leaves = HashMap::new();
+        for v in order.iter().rev() {
+            let Some(g) = grads.remove(&v.id()) else { continue };
+            if v.0.is_leaf {
+                // A leaf: its gradient is an answer.
+                leaves.insert(v.id(), g);
+                continue;
+            }
+            let Some(op) = v.0.op.borrow_mut().take() else {
+                return Err(TensorError::invalid(
+                    "backward",
+                    "the graph behind this node was already freed by an earlier backward",
+                ));
+            };
+            let y = v.value();
+            let input_grads = input_grads(&op, &y, &g)?;
+            for (input, gi) in op.inputs().into_iter().zip(input_grads) {
+                let Some(gi) = gi else { continue };
+                debug_assert_eq!(gi.shape(), &input.shape(), "rule of {} gave a misshaped gradient", op.name());
+                match grads.get_mut(&input.id()) {
+                    // A node used twice receives the sum of both paths' gradients.
+                    Some(acc) => acc.add_assign(&gi)?,
+                    None => {
+                        grads.insert(input.id(), gi);
+                    }
+                }
+            }
+        }
+        Ok(Gradients(leaves))
+    }
+}

@@ -1,0 +1,99 @@
+//! The record of how a node was computed: which primitive, from which inputs,
+//! with which constants. `backward.rs` holds the derivative of each variant.
+
+use crate::Var;
+
+/// A primitive op and its inputs.
+pub enum Op {
+    // Broadcasting binary arithmetic.
+    Add(Var, Var),
+    Sub(Var, Var),
+    Mul(Var, Var),
+    Div(Var, Var),
+    // Elementwise maps.
+    Neg(Var),
+    /// y = scale * x + shift (the shift does not reach the gradient).
+    Affine(Var, f32),
+    Exp(Var),
+    Log(Var),
+    Sqrt(Var),
+    Powf(Var, f32),
+    Tanh(Var),
+    Sigmoid(Var),
+    Silu(Var),
+    Relu(Var),
+    // Reductions and layout.
+    SumAxes(Var, Vec<usize>, bool),
+    Reshape(Var),
+    Permute(Var, Vec<usize>),
+    Concat(Vec<Var>, usize),
+    Narrow(Var, usize, usize),
+    // Row-wise normalisations over the last axis.
+    Softmax(Var),
+    LogSoftmax(Var),
+    // Matrix products (batched); the suffix says which operand is transposed.
+    Matmul(Var, Var),
+    MatmulNt(Var, Var),
+    MatmulTn(Var, Var),
+}
+
+impl Op {
+    /// The inputs, in order.
+    pub fn inputs(&self) -> Vec<&Var> {
+        use Op::*;
+        match self {
+            Add(a, b) | Sub(a, b) | Mul(a, b) | Div(a, b) | Matmul(a, b) | MatmulNt(a, b) | MatmulTn(a, b) => {
+                vec![a, b]
+            }
+            Neg(a)
+            | Affine(a, _)
+            | Exp(a)
+            | Log(a)
+            | Sqrt(a)
+            | Powf(a, _)
+            | Tanh(a)
+            | Sigmoid(a)
+            | Silu(a)
+            | Relu(a)
+            | SumAxes(a, ..)
+            | Reshape(a)
+            | Permute(a, _)
+            | Narrow(a, ..)
+            | Softmax(a)
+            | LogSoftmax(a) => {
+                vec![a]
+            }
+            Concat(parts, _) => parts.iter().collect(),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        use Op::*;
+        match self {
+            Add(..) => "add",
+            Sub(..) => "sub",
+            Mul(..) => "mul",
+            Div(..) => "div",
+            Neg(..) => "neg",
+            Affine(..) => "affine",
+            Exp(..) => "exp",
+            Log(..) => "log",
+            Sqrt(..) => "sqrt",
+            Powf(..) => "powf",
+            Tanh(..) => "tanh",
+            Sigmoid(..) => "sigmoid",
+            Silu(..) => "silu",
+            Relu(..) => "relu",
+            SumAxes(..) => "sum_axes",
+            Reshape(..) => "reshape",
+            Permute(..) => "permute",
+            Concat(..) => "concat",
+            Narrow(..) => "narrow",
+            Softmax(..) => "softmax",
+            LogSoftmax(..) => "log_softmax",
+            Matmul(..) => "matmul",
+            MatmulNt(..) => "matmul_nt",
+            MatmulTn(..) => "matmul_tn",
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Forward functions: compute with a tensor kernel, record the op.
+//!
+//! Composite ops at the end (mean, split, square...) are built from the
+//! primitives and get their gradients for free.
+
+use ddpm_tensor::{Result, Shape, Tensor};
+
+use crate::op::Op;
+use crate::Var;
+
+impl Var {
+    // ------------------------------------------------------------ binary
+
+    /// a + b, broadcasting.
+    pub fn add(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().add(&rhs.value())?;
+        Ok(Var::from_op(v, Op::Add(self.clone(), rhs.clone())))
+    }
+
+    /// a - b, broadcasting.
+    pub fn sub(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().sub(&rhs.value())?;
+        Ok(Var::from_op(v, Op::Sub(self.clone(), rhs.clone())))
+    }
+
+    /// a * b elementwise, broadcasting.
+    pub fn mul(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().mul(&rhs.value())?;
+        Ok(Var::from_op(v, Op::Mul(self.clone(), rhs.clone())))
+    }
+
+    /// a / b elementwise, broadcasting.
+    pub fn div(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().div(&rhs.value())?;
+        Ok(Var::from_op(v, Op::Div(self.clone(), rhs.clone())))
+    }
+
+    // ------------------------------------------------------------ unary
+
+    pub fn neg(&self) -> Var {
+        Var::from_op(self.value().neg(), Op::Neg(self.clone()))
+    }
+
+    /// scale * x + shift.
+    pub fn affine(&self, scale: f32, shift: f32) -> Var {
+        Var::from_op(self.value().affine(scale, shift), Op::Affine(self.clone(), scale))
+    }
+
+    pub fn exp(&self) -> Var {
+        Var::from_op(self.value().exp(), Op::Exp(self.clone()))
+    }
+
+    pub fn log(&self) -> Var {
+        Var::from_op(self.value().log(), Op::Log(self.clone()))
+    }
+
+    pub fn sqrt(&self) -> Var {
+        Var::from_op(self.value().sqrt(), Op::Sqrt(self.clone()))
+    }
+
+    pub fn powf(&self, p: f32) -> Var {
+        Var::from_op(self.value().powf(p), Op::Powf(self.clone(), p))
+    }
+
+    pub fn tanh(&self) -> Var {
+        Var::from_op(self.value().tanh(), Op::Tanh(self.clone()))
+    }
+
+    pub fn sigmoid(&self) -> Var {
+        Var::from_op(self.value().sigmoid(), Op::Sigmoid(self.clone()))
+    }
+
+    pub fn silu(&self) -> Var {
+        Var::from_op(self.value().silu(), Op::Silu(self.clone()))
+    }
+
+    pub fn relu(&self) -> Var {
+        Var::from_op(self.value().relu(), Op::Relu(self.clone()))
+    }
+
+    // ------------------------------------------------------------ reductions and layout
+
+    /// Sum over `axes`; `keepdim` keeps them as extent 1.
+    pub fn sum_axes(&self, axes: &[usize], keepdim: bool) -> Result<Var> {
+        let v = self.value().sum_axes(axes, keepdim)?;
+        Ok(Var::from_op(v, Op::SumAxes(self.clone(), axes.to_vec(), keepdim)))
+    }
+
+    pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
+        let v = self.value().reshape(shape)?;
+        Ok(Var::from_op(v, Op::Reshape(self.clone())))
+    }
+
+    pub fn permute(&self, perm: &[usize]) -> Result<Var> {
+        let v = self.value().permute(perm)?;
+        Ok(Var::from_op(v, Op::Permute(self.clone(), perm.to_vec())))
+    }
+
+    /// Joins along `axis` (the U-Net's skip connections, on channels).
+    pub fn concat(parts: &[&Var], axis: usize) -> Result<Var> {
+        let values: Vec<Tensor> = parts.iter().map(|p| p.value()).collect();
+        let v = Tensor::concat(&values.iter().collect::<Vec<_>>(), axis)?;
+        Ok(Var::from_op(v, Op::Concat(parts.iter().map(|&p| p.clone()).collect(), axis)))
+    }
+
+    /// The slice start .. start + len of `axis`.
+    pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
+        let v = self.value().narrow(axis, start, len)?;
+        Ok(Var::from_op(v, Op::Narrow(self.clone(), axis, start)))
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax(&self) -> Result<Var> {
+        let v = self.value().softmax()?;
+        Ok(Var::from_op(v, Op::Softmax(self.clone())))
+    }
+
+    /// log(softmax(x)) over the last axis, computed stably.
+    pub fn log_softmax(&self) -> Result<Var> {
+        let v = self.value().log_softmax()?;
+        Ok(Var::from_op(v, Op::LogSoftmax(self.clone())))
+    }
+
+    // ------------------------------------------------------------ products
+
+    /// A B (batched or not).
+    pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().matmul(&rhs.value())?;
+        Ok(Var::from_op(v, Op::Matmul(self.clone(), rhs.clone())))
+    }
+
+    /// A B^T.
+    pub fn matmul_nt(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().matmul_nt(&rhs.value())?;
+        Ok(Var::from_op(v, Op::MatmulNt(self.clone(), rhs.clone())))
+    }
+
+    /// A^T B.
+    pub fn matmul_tn(&self, rhs: &Var) -> Result<Var> {
+        let v = self.value().matmul_tn(&rhs.value())?;
+        Ok(Var::from_op(v, Op::MatmulTn(self.clone(), rhs.clone())))
+    }
+
+    // ------------------------------------------------------------ composites (no rules of their own)
+
+    pub fn scale(&self, s: f32) -> Var {
+        self.affine(s, 0.0)
+    }
+
+    pub fn add_scalar(&self, c: f32) -> Var {
+        self.affine(1.0, c)
+    }
+
+    pub fn square(&self) -> Var {
+        self.powf(2.0)
+    }
+
+    pub fn sum_all(&self) -> Var {
+        let axes: Vec<usize> = (0..self.shape().rank()).collect();
+        self.sum_axes(&axes, false).expect("all axes are in range")
+    }
+
+    /// Mean over `axes`: the sum divided by the number of terms.
+    pub fn mean_axes(&self, axes: &[usize], keepdim: bool) -> Result<Var> {
+        let dims = self.dims();
+        let count: usize = axes.iter().map(|&a| dims.get(a).copied().unwrap_or(1)).product();
+        Ok(self.sum_axes(axes, keepdim)?.scale(1.0 / count as f32))
+    }
+
+    pub fn mean_all(&self) -> Var {
+        self.sum_all().scale(1.0 / self.shape().numel() as f32)
+    }
+
+    pub fn transpose(&self, a: usize, b: usize) -> Result<Var> {
+        let shape = self.shape();
+        shape.check_axis("transpose", a)?;
+        shape.check_axis("transpose", b)?;
+        let mut perm: Vec<usize> = (0..shape.rank()).collect();
+        perm.swap(a, b);
+        self.permute(&perm)
+    }
+
+    /// Cuts `axis` into consecutive pieces of the given sizes.
+    pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Var>> {
+        self.value().split(axis, sizes)?; // validates, so the narrows below cannot fail
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&len| {
+                let piece = self.narrow(axis, start, len);
+                start += len;
+                piece
+            })
+            .collect()
+    }
+
+    /// Mean squared error, mean((a - b)^2): the DDPM loss on the noise.
+    pub fn mse(&self, target: &Var) -> Result<Var> {
+        Ok(self.sub(target)?.square().mean_all())
+    }
+}

@@ -1,0 +1,202 @@
+//! A finite-difference gradient check for every differentiable op, including
+//! broadcasting and a node used twice. Each test names the calculus it checks.
+
+use ddpm_autograd::gradcheck::{check_gradients, Tolerance};
+use ddpm_autograd::{Result, Tensor, Var};
+use rand::{rngs::StdRng, SeedableRng};
+
+fn randn(dims: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(dims, &mut StdRng::seed_from_u64(seed))
+}
+
+/// Values in [lo, hi): for ops defined only on part of the line (log, sqrt, 1/x).
+fn uniform(dims: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
+    Tensor::rand_uniform(dims, lo, hi, &mut StdRng::seed_from_u64(seed))
+}
+
+/// Normal values pushed at least 0.1 away from 0, for ops with a kink there.
+fn away_from_zero(dims: &[usize], seed: u64) -> Tensor {
+    randn(dims, seed).map(|x| x + 0.1f32.copysign(x))
+}
+
+fn check(inputs: &[Tensor], f: impl Fn(&[Var]) -> Result<Var>) {
+    if let Err(m) = check_gradients(inputs, f, Tolerance::default()) {
+        panic!("gradient mismatch: {m:?}");
+    }
+}
+
+// ------------------------------------------------------------ binary, same shape and broadcast
+
+#[test]
+fn add_same_shape_and_broadcast() {
+    // y = a + b: dy/da = dy/db = 1; a broadcast b sums g over the repeated axes.
+    check(&[randn(&[2, 3, 4], 1), randn(&[2, 3, 4], 2)], |v| v[0].add(&v[1]));
+    check(&[randn(&[2, 3, 4, 4], 1), randn(&[1, 3, 1, 1], 2)], |v| v[0].add(&v[1]));
+    check(&[randn(&[2, 3, 1, 1], 1), randn(&[2, 3, 4, 4], 2)], |v| v[0].add(&v[1]));
+    check(&[randn(&[4, 1, 3], 1), randn(&[5, 1], 2)], |v| v[0].add(&v[1]));
+}
+
+#[test]
+fn sub_same_shape_and_broadcast() {
+    // y = a - b: dy/da = 1, dy/db = -1.
+    check(&[randn(&[3, 4], 3), randn(&[3, 4], 4)], |v| v[0].sub(&v[1]));
+    check(&[randn(&[2, 3, 4], 3), randn(&[3, 1], 4)], |v| v[0].sub(&v[1]));
+}
+
+#[test]
+fn mul_same_shape_and_broadcast() {
+    // y = a b: dy/da = b, dy/db = a.
+    check(&[randn(&[3, 4], 5), randn(&[3, 4], 6)], |v| v[0].mul(&v[1]));
+    check(&[randn(&[2, 3, 2, 2], 5), randn(&[2, 3, 1, 1], 6)], |v| v[0].mul(&v[1]));
+    check(&[randn(&[], 5), randn(&[2, 3], 6)], |v| v[0].mul(&v[1]));
+}
+
+#[test]
+fn div_same_shape_and_broadcast() {
+    // y = a / b: dy/da = 1/b, dy/db = -a/b^2.
+    check(&[randn(&[3, 4], 7), uniform(&[3, 4], 0.5, 2.0, 8)], |v| v[0].div(&v[1]));
+    check(&[randn(&[2, 3, 4], 7), uniform(&[3, 1], 0.5, 2.0, 8)], |v| v[0].div(&v[1]));
+}
+
+// ------------------------------------------------------------ unary
+
+#[test]
+fn neg_and_affine() {
+    // y = -x: -1.  y = 3x - 2: 3.
+    check(&[randn(&[5], 9)], |v| Ok(v[0].neg()));
+    check(&[randn(&[2, 5], 9)], |v| Ok(v[0].affine(3.0, -2.0)));
+}
+
+#[test]
+fn exp_and_log() {
+    // y = e^x: e^x.  y = ln x: 1/x.
+    check(&[randn(&[2, 5], 10)], |v| Ok(v[0].exp()));
+    check(&[uniform(&[2, 5], 0.5, 3.0, 11)], |v| Ok(v[0].log()));
+}
+
+#[test]
+fn sqrt_and_powf() {
+    // y = sqrt x: 1 / (2 sqrt x).  y = x^p: p x^(p-1).
+    check(&[uniform(&[2, 5], 0.5, 3.0, 12)], |v| Ok(v[0].sqrt()));
+    check(&[uniform(&[2, 5], 0.5, 3.0, 13)], |v| Ok(v[0].powf(1.5)));
+    check(&[randn(&[2, 5], 13)], |v| Ok(v[0].powf(3.0)));
+}
+
+#[test]
+fn tanh_sigmoid_silu() {
+    // tanh' = 1 - tanh^2, s' = s(1 - s), silu' = s(1 + x(1 - s)).
+    check(&[randn(&[3, 4], 14).scale(2.0)], |v| Ok(v[0].tanh()));
+    check(&[randn(&[3, 4], 15).scale(2.0)], |v| Ok(v[0].sigmoid()));
+    check(&[randn(&[3, 4], 16).scale(2.0)], |v| Ok(v[0].silu()));
+}
+
+#[test]
+fn relu_away_from_its_kink() {
+    // relu' = 1 for x > 0, 0 for x < 0 (undefined at 0, so we stay away from it).
+    check(&[away_from_zero(&[3, 4], 17)], |v| Ok(v[0].relu()));
+}
+
+// ------------------------------------------------------------ reductions and layout
+
+#[test]
+fn sum_axes_keepdim_and_not() {
+    // y = sum_i x_i: dy/dx_i = 1 for every summed element.
+    check(&[randn(&[2, 3, 4], 18)], |v| v[0].sum_axes(&[0, 2], true));
+    check(&[randn(&[2, 3, 4], 18)], |v| v[0].sum_axes(&[1], false));
+    check(&[randn(&[2, 3, 4], 18)], |v| Ok(v[0].sum_all()));
+}
+
+#[test]
+fn mean_is_a_scaled_sum() {
+    // y = (1/n) sum x_i: 1/n.
+    check(&[randn(&[2, 3, 4], 19)], |v| v[0].mean_axes(&[1, 2], true));
+    check(&[randn(&[2, 3, 4], 19)], |v| Ok(v[0].mean_all()));
+}
+
+#[test]
+fn reshape_permute_transpose() {
+    // Moving elements: the gradient moves back the same way.
+    check(&[randn(&[2, 6], 20)], |v| v[0].reshape([3, 4]));
+    check(&[randn(&[2, 3, 4], 21)], |v| v[0].permute(&[2, 0, 1]));
+    check(&[randn(&[2, 3, 4], 22)], |v| v[0].transpose(1, 2));
+}
+
+#[test]
+fn concat_and_narrow_and_split() {
+    // Each part of a concat gets its slice of g; a narrow's g lands in its slice.
+    check(&[randn(&[2, 1, 3], 23), randn(&[2, 2, 3], 24)], |v| Var::concat(&[&v[0], &v[1]], 1));
+    check(&[randn(&[2, 5, 3], 25)], |v| v[0].narrow(1, 1, 3));
+    check(&[randn(&[2, 5, 3], 26)], |v| {
+        let p = v[0].split(1, &[2, 3])?;
+        p[1].sum_axes(&[1], true)?.mul(&p[0])
+    });
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    // softmax: dx = y (g - <g, y>); log softmax: dx = g - softmax(x) sum g.
+    check(&[randn(&[2, 3, 5], 27).scale(2.0)], |v| v[0].softmax());
+    check(&[randn(&[4, 6], 28).scale(2.0)], |v| v[0].log_softmax());
+}
+
+#[test]
+fn matmul_plain_batched_and_shared_weight() {
+    // Y = A B: dA = G B^T, dB = A^T G.
+    check(&[randn(&[3, 4], 29), randn(&[4, 5], 30)], |v| v[0].matmul(&v[1]));
+    check(&[randn(&[2, 3, 4], 29), randn(&[2, 4, 5], 30)], |v| v[0].matmul(&v[1]));
+    // A weight shared by every batch entry collects all their gradients.
+    check(&[randn(&[2, 3, 4], 31), randn(&[4, 5], 32)], |v| v[0].matmul(&v[1]));
+}
+
+#[test]
+fn matmul_with_a_transposed_operand() {
+    // Y = A B^T: dA = G B, dB = G^T A.   Y = A^T B: dA = B G^T, dB = A G.
+    check(&[randn(&[3, 4], 33), randn(&[5, 4], 34)], |v| v[0].matmul_nt(&v[1]));
+    check(&[randn(&[2, 3, 4], 33), randn(&[2, 5, 4], 34)], |v| v[0].matmul_nt(&v[1]));
+    check(&[randn(&[2, 3, 4], 35), randn(&[5, 4], 36)], |v| v[0].matmul_nt(&v[1]));
+    check(&[randn(&[4, 3], 35), randn(&[4, 5], 36)], |v| v[0].matmul_tn(&v[1]));
+    check(&[randn(&[2, 4, 3], 35), randn(&[2, 4, 5], 36)], |v| v[0].matmul_tn(&v[1]));
+}
+
+// ------------------------------------------------------------ reuse and composition
+
+#[test]
+fn a_node_used_twice_sums_both_paths() {
+    // y = x * x: dy/dx = x + x = 2x (one term from each use).
+    check(&[randn(&[3, 4], 37)], |v| v[0].mul(&v[0]));
+    // y = (a + b) * a: dy/da = (a + b) + a, dy/db = a.
+    check(&[randn(&[3, 4], 38), randn(&[3, 4], 39)], |v| v[0].add(&v[1])?.mul(&v[0]));
+    // Y = X X for a square X: both operands of one matmul.
+    check(&[randn(&[4, 4], 40)], |v| v[0].matmul(&v[0]));
+    // An intermediate used twice, through a broadcast.
+    check(&[randn(&[2, 3], 41)], |v| {
+        let m = v[0].mean_axes(&[1], true)?;
+        v[0].sub(&m)?.mul(&m)
+    });
+}
+
+#[test]
+fn attention_like_composition() {
+    // softmax(Q K^T / sqrt(c)) V, single head, batched: the U-Net's attention core.
+    check(&[randn(&[2, 5, 4], 42), randn(&[2, 5, 4], 43), randn(&[2, 5, 4], 44)], |v| {
+        v[0].matmul_nt(&v[1])?.scale(0.5).softmax()?.matmul(&v[2])
+    });
+}
+
+#[test]
+fn mse_loss() {
+    // L = mean((a - b)^2): dL/da = 2 (a - b) / n.
+    check(&[randn(&[2, 1, 3, 3], 45), randn(&[2, 1, 3, 3], 46)], |v| v[0].mse(&v[1]));
+}
+
+// ------------------------------------------------------------ the checker itself
+
+#[test]
+fn the_checker_catches_a_wrong_rule() {
+    // x * detach(x) has true derivative 2x, but backward only sees one path and
+    // reports x: exactly the kind of error a wrong rule makes. It must fail.
+    let x = randn(&[3, 4], 47);
+    let result = check_gradients(&[x], |v| v[0].mul(&v[0].detach()), Tolerance::default());
+    let m = result.expect_err("a missing gradient path must be caught");
+    assert!((m.numeric - 2.0 * m.analytic).abs() < 1e-2 * m.numeric.abs().max(1.0), "{m:?}");
+}
