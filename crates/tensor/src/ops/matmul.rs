@@ -71,6 +71,14 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// A method, so that closures capture the whole (Send) wrapper rather than
+    /// its raw-pointer field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// [`sgemm`] with C split into column blocks (or row blocks, when C is tall),
 /// one rayon task each. For one large product, such as a convolution's GEMM.
 #[allow(clippy::too_many_arguments)]
@@ -100,7 +108,6 @@ pub fn sgemm_parallel(
     (0..extent.div_ceil(block)).into_par_iter().for_each(|i| {
         let start = i * block;
         let len = block.min(extent - start);
-        let cp = cp;
         // SAFETY: block i covers rows (or columns) start..start+len of C, so the
         // tasks write disjoint elements; the reads stay inside A and B as in sgemm.
         unsafe {
@@ -117,7 +124,7 @@ pub fn sgemm_parallel(
                     rsb,
                     csb,
                     beta,
-                    cp.0.add(start * n),
+                    cp.get().add(start * n),
                     n as isize,
                     1,
                 );
@@ -134,7 +141,7 @@ pub fn sgemm_parallel(
                     rsb,
                     csb,
                     beta,
-                    cp.0.add(start),
+                    cp.get().add(start),
                     n as isize,
                     1,
                 );
