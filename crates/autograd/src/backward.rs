@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use ddpm_tensor::ops::group_norm_backward;
 use ddpm_tensor::{Result, Tensor, TensorError};
 
 use crate::op::Op;
@@ -123,6 +124,19 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         MatmulTn(a, b) => {
             vec![want(a, &|| bv().matmul_nt(g))?, want(b, &|| shared_weight_grad(x.matmul(g)?, &b.shape()))?]
         }
+        // Group norm: the fused rule of ddpm_tensor::ops::group_norm (formulas there).
+        GroupNorm { x: xv, gamma, beta, groups, stats } => {
+            let (dx, dgamma, dbeta) = group_norm_backward(x, stats, &gamma.value(), *groups, g)?;
+            vec![
+                xv.requires_grad().then_some(dx),
+                gamma.requires_grad().then_some(dgamma),
+                beta.requires_grad().then_some(dbeta),
+            ]
+        }
+        // Each input pixel fed a 2x2 block: it gets the block's summed gradient.
+        Upsample2x(_) => vec![Some(g.upsample_nearest2x_backward()?)],
+        // Each table row gets the gradients of every output that copied it.
+        Embedding(table, indices) => vec![Some(g.index_add_rows(indices, table.dims()[0])?)],
     };
     Ok(grads)
 }
@@ -145,6 +159,10 @@ impl Gradients {
     /// does not depend on it.
     pub fn get(&self, v: &Var) -> Option<&Tensor> {
         self.0.get(&v.id())
+    }
+
+    pub fn get_mut(&mut self, v: &Var) -> Option<&mut Tensor> {
+        self.0.get_mut(&v.id())
     }
 
     pub fn remove(&mut self, v: &Var) -> Option<Tensor> {

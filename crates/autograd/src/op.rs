@@ -1,6 +1,8 @@
 //! The record of how a node was computed: which primitive, from which inputs,
 //! with which constants. `backward.rs` holds the derivative of each variant.
 
+use ddpm_tensor::ops::GroupNormStats;
+
 use crate::Var;
 
 /// A primitive op and its inputs.
@@ -35,6 +37,19 @@ pub enum Op {
     Matmul(Var, Var),
     MatmulNt(Var, Var),
     MatmulTn(Var, Var),
+    // The U-Net's layer primitives, each a fused kernel with a fused backward.
+    /// GroupNorm(x; gamma, beta) with its saved per-group mean and 1/std.
+    GroupNorm {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        groups: usize,
+        stats: GroupNormStats,
+    },
+    /// Nearest-neighbour x2 upsampling of [N, C, H, W].
+    Upsample2x(Var),
+    /// Rows of a [V, D] table picked by the indices.
+    Embedding(Var, Vec<usize>),
 }
 
 impl Op {
@@ -63,6 +78,8 @@ impl Op {
             | LogSoftmax(a) => {
                 vec![a]
             }
+            Upsample2x(a) | Embedding(a, _) => vec![a],
+            GroupNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
             Concat(parts, _) => parts.iter().collect(),
         }
     }
@@ -94,6 +111,9 @@ impl Op {
             Matmul(..) => "matmul",
             MatmulNt(..) => "matmul_nt",
             MatmulTn(..) => "matmul_tn",
+            GroupNorm { .. } => "group_norm",
+            Upsample2x(..) => "upsample_nearest2x",
+            Embedding(..) => "embedding",
         }
     }
 }

@@ -141,6 +141,27 @@ impl Var {
         Ok(Var::from_op(v, Op::MatmulTn(self.clone(), rhs.clone())))
     }
 
+    // ------------------------------------------------------------ layer primitives
+
+    /// GroupNorm over [N, C, H, W] with `groups` groups, per-channel gamma and beta [C].
+    pub fn group_norm(&self, groups: usize, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let (y, stats) = self.value().group_norm(groups, &gamma.value(), &beta.value(), eps)?;
+        let op = Op::GroupNorm { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), groups, stats };
+        Ok(Var::from_op(y, op))
+    }
+
+    /// [N, C, H, W] -> [N, C, 2H, 2W], each pixel repeated into a 2x2 block.
+    pub fn upsample_nearest2x(&self) -> Result<Var> {
+        let y = self.value().upsample_nearest2x()?;
+        Ok(Var::from_op(y, Op::Upsample2x(self.clone())))
+    }
+
+    /// Rows of this [V, D] table: out[b] = table[indices[b]], [B, D].
+    pub fn embedding(&self, indices: &[usize]) -> Result<Var> {
+        let y = self.value().index_select_rows(indices)?;
+        Ok(Var::from_op(y, Op::Embedding(self.clone(), indices.to_vec())))
+    }
+
     // ------------------------------------------------------------ composites (no rules of their own)
 
     pub fn scale(&self, s: f32) -> Var {

@@ -200,3 +200,29 @@ fn the_checker_catches_a_wrong_rule() {
     let m = result.expect_err("a missing gradient path must be caught");
     assert!((m.numeric - 2.0 * m.analytic).abs() < 1e-2 * m.numeric.abs().max(1.0), "{m:?}");
 }
+
+// ------------------------------------------------------------ layer primitives
+
+#[test]
+fn group_norm_all_three_inputs() {
+    // y = gamma (x - mu) / sqrt(var + eps) + beta, mu and var over each group:
+    // dx couples every element of a group through mu and var.
+    let x = randn(&[2, 4, 3, 3], 50).affine(1.5, 0.3);
+    let (gamma, beta) = (randn(&[4], 51), randn(&[4], 52));
+    check(&[x.clone(), gamma.clone(), beta.clone()], |v| v[0].group_norm(2, &v[1], &v[2], 1e-5));
+    // One group per channel (instance norm) and one group for all (layer norm).
+    check(&[x.clone(), gamma.clone(), beta.clone()], |v| v[0].group_norm(4, &v[1], &v[2], 1e-5));
+    check(&[x, gamma, beta], |v| v[0].group_norm(1, &v[1], &v[2], 1e-5));
+}
+
+#[test]
+fn upsample_nearest2x() {
+    // Each input pixel is copied to 4 outputs: its gradient is their sum.
+    check(&[randn(&[2, 3, 3, 2], 53)], |v| v[0].upsample_nearest2x());
+}
+
+#[test]
+fn embedding_with_a_repeated_index() {
+    // out[b] = table[idx[b]]: d table[v] = sum of g[b] over idx[b] == v.
+    check(&[randn(&[5, 3], 54)], |v| v[0].embedding(&[4, 1, 4, 0]));
+}

@@ -1,0 +1,11 @@
+//! `ddpm-nn`: the layers of a DDPM U-Net, the U-Net itself, and what training
+//! needs around it (Adam, gradient clipping, EMA, checkpoints).
+//!
+//! Parameter names are the PyTorch reference's `state_dict()` keys
+//! (`../shared/reference/ddpm_ref.py`), so checkpoints interchange both ways.
+
+pub mod checkpoint;
+mod module;
+pub mod optim;
+
+pub use module::{Module, NamedParams};

@@ -1,0 +1,26 @@
+//! Naming parameters the way PyTorch's `state_dict()` does.
+
+use ddpm_autograd::Var;
+
+/// Parameters with their dotted names (`down.0.conv1.weight`), in the order
+/// PyTorch registers them (the order of `named_parameters()`).
+pub type NamedParams = Vec<(String, Var)>;
+
+/// Anything holding parameters.
+pub trait Module {
+    /// Appends this module's parameters to `out`, each name prefixed by
+    /// `prefix` (which is empty or ends with a dot).
+    fn visit_params(&self, prefix: &str, out: &mut NamedParams);
+
+    /// All parameters, named as in the reference's `state_dict()`.
+    fn named_params(&self) -> NamedParams {
+        let mut out = vec![];
+        self.visit_params("", &mut out);
+        out
+    }
+
+    /// The number of trainable scalars.
+    fn num_params(&self) -> usize {
+        self.named_params().iter().map(|(_, p)| p.shape().numel()).sum()
+    }
+}

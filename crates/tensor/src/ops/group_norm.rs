@@ -1,0 +1,188 @@
+//! Group normalisation (Wu & He, 2018), fused forward and backward.
+//!
+//! x is [N, C, H, W]; the C channels are cut into G groups of C/G channels.
+//! For each sample n and group g, over its M = (C/G) H W elements:
+//!     mu = mean(x),  var = mean((x - mu)^2)  (biased, as PyTorch),
+//!     xhat = (x - mu) * rstd,  rstd = 1 / sqrt(var + eps),
+//!     y = gamma_c xhat + beta_c            (gamma, beta are [C]).
+//! Backward, with g = dL/dy and dxhat = g gamma_c:
+//!     dbeta_c  = sum_{n,h,w} g,      dgamma_c = sum_{n,h,w} g xhat,
+//!     dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))   (means over the group).
+
+use rayon::prelude::*;
+
+use crate::{Result, Shape, Tensor, TensorError};
+
+/// What the forward pass keeps for the backward pass: per (n, g), [N * G] each.
+#[derive(Debug, Clone)]
+pub struct GroupNormStats {
+    pub mean: Vec<f32>,
+    pub rstd: Vec<f32>,
+}
+
+/// Checks x [N, C, H, W] (or [N, C]) against groups, gamma [C] and beta [C];
+/// returns (N, C, H*W).
+fn check(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor) -> Result<(usize, usize, usize)> {
+    let (n, c) = match x.dims() {
+        [n, c, ..] if x.rank() >= 2 => (*n, *c),
+        _ => return Err(TensorError::invalid("group_norm", format!("needs [N, C, ...], got {}", x.shape()))),
+    };
+    if groups == 0 || c % groups != 0 {
+        return Err(TensorError::invalid("group_norm", format!("{c} channels cannot be cut into {groups} groups")));
+    }
+    gamma.expect_shape("group_norm (weight)", &Shape::new([c]))?;
+    beta.expect_shape("group_norm (bias)", &Shape::new([c]))?;
+    Ok((n, c, x.numel() / (n * c).max(1)))
+}
+
+impl Tensor {
+    /// y = GroupNorm(x) and the statistics that its backward needs.
+    pub fn group_norm(
+        &self,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, GroupNormStats)> {
+        let (n, c, hw) = check(self, groups, gamma, beta)?;
+        let cg = c / groups; // channels per group
+        let m = cg * hw; // elements per group
+        let (x, gam, bet) = (self.as_slice(), gamma.as_slice(), beta.as_slice());
+        let mut y = vec![0.0; self.numel()];
+        let mut mean = vec![0.0; n * groups];
+        let mut rstd = vec![0.0; n * groups];
+        // One task per (n, g): its elements are one contiguous block of M.
+        y.par_chunks_mut(m.max(1)).zip(mean.par_iter_mut().zip(rstd.par_iter_mut())).enumerate().for_each(
+            |(ng, (yb, (mu_out, rstd_out)))| {
+                let xb = &x[ng * m..(ng + 1) * m];
+                // Two passes in f64: the mean, then the variance around it.
+                let mu = xb.iter().map(|&v| v as f64).sum::<f64>() / m as f64;
+                let var = xb.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / m as f64;
+                let r = 1.0 / (var + eps as f64).sqrt();
+                *mu_out = mu as f32;
+                *rstd_out = r as f32;
+                let g0 = (ng % groups) * cg;
+                for (j, (yc, xc)) in yb.chunks_mut(hw).zip(xb.chunks(hw)).enumerate() {
+                    // y = gamma (x - mu) rstd + beta = a x + b per channel.
+                    let a = gam[g0 + j] * r as f32;
+                    let b = bet[g0 + j] - a * mu as f32;
+                    yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = a * v + b);
+                }
+            },
+        );
+        Ok((Tensor::from_parts(y, self.shape().clone()), GroupNormStats { mean, rstd }))
+    }
+}
+
+/// The gradients of group norm: (d_input, d_gamma, d_beta).
+pub fn group_norm_backward(
+    x: &Tensor,
+    stats: &GroupNormStats,
+    gamma: &Tensor,
+    groups: usize,
+    d_out: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, hw) = check(x, groups, gamma, gamma)?;
+    d_out.expect_shape("group_norm_backward", x.shape())?;
+    let cg = c / groups;
+    let m = cg * hw;
+    let (xs, gs, gam) = (x.as_slice(), d_out.as_slice(), gamma.as_slice());
+    let mut dx = vec![0.0; x.numel()];
+    // Per (n, g): dx, plus this sample's contribution to d_gamma and d_beta of its channels.
+    let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
+        .par_chunks_mut(m.max(1))
+        .enumerate()
+        .map(|(ng, dxb)| {
+            let (mu, r) = (stats.mean[ng], stats.rstd[ng]);
+            let (xb, gb) = (&xs[ng * m..(ng + 1) * m], &gs[ng * m..(ng + 1) * m]);
+            let g0 = (ng % groups) * cg;
+            let (mut dgamma, mut dbeta) = (vec![0.0f64; cg], vec![0.0f64; cg]);
+            // Sums over the group of dxhat and dxhat * xhat.
+            let (mut sum_d, mut sum_dx) = (0.0f64, 0.0f64);
+            for j in 0..cg {
+                let (xc, gc) = (&xb[j * hw..(j + 1) * hw], &gb[j * hw..(j + 1) * hw]);
+                let (mut s_g, mut s_gx) = (0.0f64, 0.0f64);
+                for (&v, &g) in xc.iter().zip(gc) {
+                    let xhat = (v - mu) * r;
+                    s_g += g as f64;
+                    s_gx += (g * xhat) as f64;
+                }
+                dbeta[j] = s_g;
+                dgamma[j] = s_gx;
+                sum_d += s_g * gam[g0 + j] as f64;
+                sum_dx += s_gx * gam[g0 + j] as f64;
+            }
+            let (mean_d, mean_dx) = ((sum_d / m as f64) as f32, (sum_dx / m as f64) as f32);
+            for j in 0..cg {
+                let gm = gam[g0 + j];
+                let range = j * hw..(j + 1) * hw;
+                for ((o, &v), &g) in dxb[range.clone()].iter_mut().zip(&xb[range.clone()]).zip(&gb[range]) {
+                    let xhat = (v - mu) * r;
+                    *o = r * (g * gm - mean_d - xhat * mean_dx);
+                }
+            }
+            (dgamma, dbeta)
+        })
+        .collect();
+    let (mut dgamma, mut dbeta) = (vec![0.0f64; c], vec![0.0f64; c]);
+    for (ng, (dg, db)) in partial.iter().enumerate() {
+        let g0 = (ng % groups) * cg;
+        for j in 0..cg {
+            dgamma[g0 + j] += dg[j];
+            dbeta[g0 + j] += db[j];
+        }
+    }
+    let to_tensor = |v: Vec<f64>| Tensor::from_parts(v.into_iter().map(|x| x as f32).collect(), Shape::new([c]));
+    Ok((Tensor::from_parts(dx, x.shape().clone()), to_tensor(dgamma), to_tensor(dbeta)))
+}
+
+/// The specification: group norm written with the tensor crate's generic ops
+/// (reshape to [N, G, M], mean, variance, scale and shift).
+pub fn group_norm_reference(x: &Tensor, groups: usize, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+    let (n, c, hw) = check(x, groups, gamma, beta)?;
+    let xg = x.reshape([n, groups, c / groups * hw])?;
+    let mu = xg.mean_axes(&[2], true)?;
+    let centered = xg.sub(&mu)?;
+    let var = centered.square().mean_axes(&[2], true)?;
+    let xhat = centered.div(&var.affine(1.0, eps).sqrt())?.reshape(x.shape().clone())?;
+    let shape = [1, c, 1, 1];
+    xhat.reshape([n, c, hw, 1])?.mul(&gamma.reshape(shape)?)?.add(&beta.reshape(shape)?)?.reshape(x.shape().clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn forward_matches_the_reference() {
+        let mut rng = StdRng::seed_from_u64(0);
+        for (dims, groups) in [([2, 8, 5, 4], 4), ([3, 16, 7, 7], 8), ([64, 32, 28, 28], 8)] {
+            let x = Tensor::randn(dims, &mut rng).affine(2.0, 0.5);
+            let gamma = Tensor::randn([dims[1]], &mut rng);
+            let beta = Tensor::randn([dims[1]], &mut rng);
+            let (y, _) = x.group_norm(groups, &gamma, &beta, 1e-5).unwrap();
+            let r = group_norm_reference(&x, groups, &gamma, &beta, 1e-5).unwrap();
+            assert!(y.max_abs_diff(&r).unwrap() < 1e-4, "{dims:?}");
+        }
+    }
+
+    #[test]
+    fn normalised_groups_have_zero_mean_and_unit_variance() {
+        let x = Tensor::randn([2, 4, 3, 3], &mut StdRng::seed_from_u64(1)).affine(5.0, 3.0);
+        let (y, stats) = x.group_norm(2, &Tensor::ones([4]), &Tensor::zeros([4]), 1e-5).unwrap();
+        for block in y.as_slice().chunks(18) {
+            let mean: f32 = block.iter().sum::<f32>() / 18.0;
+            let var: f32 = block.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 18.0;
+            assert!(mean.abs() < 1e-5 && (var - 1.0).abs() < 1e-3, "{mean} {var}");
+        }
+        assert_eq!(stats.mean.len(), 4);
+    }
+
+    #[test]
+    fn bad_groups_are_an_error() {
+        let x = Tensor::zeros([1, 6, 2, 2]);
+        let e = x.group_norm(4, &Tensor::ones([6]), &Tensor::zeros([6]), 1e-5).unwrap_err();
+        assert_eq!(e.to_string(), "group_norm: 6 channels cannot be cut into 4 groups");
+    }
+}

@@ -1,0 +1,74 @@
+//! Nearest-neighbour upsampling by 2: each pixel becomes a 2x2 block.
+//!
+//! x [N, C, H, W] -> y [N, C, 2H, 2W] with y[n, c, i, j] = x[n, c, i/2, j/2].
+//! Backward: each input pixel fed four outputs, so it receives the sum of
+//! their four gradients.
+
+use super::parallel::for_each_row;
+use crate::{Result, Shape, Tensor, TensorError};
+
+fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
+    match *x.dims() {
+        [n, c, h, w] => Ok((n, c, h, w)),
+        _ => Err(TensorError::invalid(op, format!("needs [N, C, H, W], got {}", x.shape()))),
+    }
+}
+
+impl Tensor {
+    /// [N, C, H, W] -> [N, C, 2H, 2W], nearest neighbour.
+    pub fn upsample_nearest2x(&self) -> Result<Tensor> {
+        let (n, c, h, w) = planes("upsample_nearest2x", self)?;
+        let x = self.as_slice();
+        let mut y = vec![0.0; self.numel() * 4];
+        // One output row (2W values) at a time: row r of plane p is input row r/2.
+        for_each_row(&mut y, 2 * w, |r, row| {
+            let (plane, i) = (r / (2 * h), (r % (2 * h)) / 2);
+            let src = &x[(plane * h + i) * w..][..w];
+            for (pair, &v) in row.chunks_mut(2).zip(src) {
+                pair[0] = v;
+                pair[1] = v;
+            }
+        });
+        Ok(Tensor::from_parts(y, Shape::new([n, c, 2 * h, 2 * w])))
+    }
+
+    /// dL/dx from dL/dy of [`Tensor::upsample_nearest2x`]: sums of 2x2 blocks.
+    pub fn upsample_nearest2x_backward(&self) -> Result<Tensor> {
+        let (n, c, h2, w2) = planes("upsample_nearest2x_backward", self)?;
+        if h2 % 2 != 0 || w2 % 2 != 0 {
+            return Err(TensorError::invalid("upsample_nearest2x_backward", format!("odd size {}", self.shape())));
+        }
+        let (h, w) = (h2 / 2, w2 / 2);
+        let g = self.as_slice();
+        let mut dx = vec![0.0; self.numel() / 4];
+        for_each_row(&mut dx, w, |r, row| {
+            let (plane, i) = (r / h, r % h);
+            let top = &g[(plane * h2 + 2 * i) * w2..][..w2];
+            let bottom = &g[(plane * h2 + 2 * i + 1) * w2..][..w2];
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = top[2 * j] + top[2 * j + 1] + bottom[2 * j] + bottom[2 * j + 1];
+            }
+        });
+        Ok(Tensor::from_parts(dx, Shape::new([n, c, h, w])))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pixel_becomes_a_block() {
+        let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [1, 1, 2, 2]).unwrap();
+        let y = x.upsample_nearest2x().unwrap();
+        assert_eq!(y.dims(), &[1, 1, 4, 4]);
+        #[rustfmt::skip]
+        assert_eq!(y.to_vec(), vec![
+            1., 1., 2., 2.,
+            1., 1., 2., 2.,
+            3., 3., 4., 4.,
+            3., 3., 4., 4.]);
+        // Backward sums each block: with all-ones g, every input gets 4.
+        assert_eq!(Tensor::ones([1, 1, 4, 4]).upsample_nearest2x_backward().unwrap().to_vec(), vec![4.0; 4]);
+    }
+}
