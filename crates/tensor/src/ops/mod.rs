@@ -3,14 +3,18 @@
 //! it that its tests compare against.
 
 mod binary;
+mod embedding;
+mod group_norm;
 mod layout;
 mod matmul;
 mod parallel;
 mod reduce;
 mod softmax;
 mod unary;
+mod upsample;
 
 pub use binary::{binary_reference, BinaryOp};
+pub use group_norm::{group_norm_backward, group_norm_reference, GroupNormStats};
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
 pub use reduce::sum_axes_reference;
 pub use softmax::softmax_reference;
