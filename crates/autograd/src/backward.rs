@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use ddpm_tensor::ops::group_norm_backward;
+use ddpm_tensor::ops::{conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, group_norm_backward};
 use ddpm_tensor::{Result, Tensor, TensorError};
 
 use crate::op::Op;
@@ -123,6 +123,19 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         // Y = A^T B: dA = B G^T, dB = A G.
         MatmulTn(a, b) => {
             vec![want(a, &|| bv().matmul_nt(g))?, want(b, &|| shared_weight_grad(x.matmul(g)?, &b.shape()))?]
+        }
+        // y = conv(x, w) + b: dx is the transposed convolution of g with w,
+        // dw correlates x with g, db sums g over N, Ho, Wo (formulas in ddpm_tensor::ops::conv2d).
+        Conv2d { x: xv, weight, bias, params } => {
+            let w = weight.value();
+            let mut grads = vec![
+                want(xv, &|| conv2d_backward_input(g, &w, &xv.shape(), *params))?,
+                want(weight, &|| conv2d_backward_weight(x, g, &w.shape().clone(), *params))?,
+            ];
+            if let Some(b) = bias {
+                grads.push(want(b, &|| conv2d_backward_bias(g))?);
+            }
+            grads
         }
         // Group norm: the fused rule of ddpm_tensor::ops::group_norm (formulas there).
         GroupNorm { x: xv, gamma, beta, groups, stats } => {

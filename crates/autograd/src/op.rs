@@ -1,7 +1,7 @@
 //! The record of how a node was computed: which primitive, from which inputs,
 //! with which constants. `backward.rs` holds the derivative of each variant.
 
-use ddpm_tensor::ops::GroupNormStats;
+use ddpm_tensor::ops::{Conv2dParams, GroupNormStats};
 
 use crate::Var;
 
@@ -38,6 +38,13 @@ pub enum Op {
     MatmulNt(Var, Var),
     MatmulTn(Var, Var),
     // The U-Net's layer primitives, each a fused kernel with a fused backward.
+    /// conv2d(x; weight, bias) for x [N, C, H, W], weight [K, C, R, S], bias [K].
+    Conv2d {
+        x: Var,
+        weight: Var,
+        bias: Option<Var>,
+        params: Conv2dParams,
+    },
     /// GroupNorm(x; gamma, beta) with its saved per-group mean and 1/std.
     GroupNorm {
         x: Var,
@@ -80,6 +87,7 @@ impl Op {
             }
             Upsample2x(a) | Embedding(a, _) => vec![a],
             GroupNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            Conv2d { x, weight, bias, .. } => [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().collect(),
             Concat(parts, _) => parts.iter().collect(),
         }
     }
@@ -112,6 +120,7 @@ impl Op {
             MatmulNt(..) => "matmul_nt",
             MatmulTn(..) => "matmul_tn",
             GroupNorm { .. } => "group_norm",
+            Conv2d { .. } => "conv2d",
             Upsample2x(..) => "upsample_nearest2x",
             Embedding(..) => "embedding",
         }

@@ -3,6 +3,7 @@
 //! Composite ops at the end (mean, split, square...) are built from the
 //! primitives and get their gradients for free.
 
+use ddpm_tensor::ops::Conv2dParams;
 use ddpm_tensor::{Result, Shape, Tensor};
 
 use crate::op::Op;
@@ -142,6 +143,14 @@ impl Var {
     }
 
     // ------------------------------------------------------------ layer primitives
+
+    /// A 2-D convolution: x [N, C, H, W], weight [K, C, R, S], bias [K] -> [N, K, Ho, Wo].
+    pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, params: Conv2dParams) -> Result<Var> {
+        let b = bias.map(|b| b.value());
+        let y = self.value().conv2d(&weight.value(), b.as_ref(), params)?;
+        let op = Op::Conv2d { x: self.clone(), weight: weight.clone(), bias: bias.cloned(), params };
+        Ok(Var::from_op(y, op))
+    }
 
     /// GroupNorm over [N, C, H, W] with `groups` groups, per-channel gamma and beta [C].
     pub fn group_norm(&self, groups: usize, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {

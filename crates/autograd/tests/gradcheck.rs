@@ -226,3 +226,18 @@ fn embedding_with_a_repeated_index() {
     // out[b] = table[idx[b]]: d table[v] = sum of g[b] over idx[b] == v.
     check(&[randn(&[5, 3], 54)], |v| v[0].embedding(&[4, 1, 4, 0]));
 }
+
+#[test]
+fn conv2d_all_configurations_of_the_unet() {
+    use ddpm_tensor::ops::Conv2dParams;
+    // y[n,k,i,j] = b[k] + sum_{c,r,s} w[k,c,r,s] x[n,c,i*stride+r-pad,j*stride+s-pad]:
+    // linear in x, in w and in b, so each gradient is a correlation with g.
+    for (kernel, stride, padding) in [(3, 1, 1), (3, 2, 1), (1, 1, 0)] {
+        let p = Conv2dParams { stride, padding };
+        let x = randn(&[2, 3, 5, 4], 60);
+        let w = randn(&[4, 3, kernel, kernel], 61);
+        let b = randn(&[4], 62);
+        check(&[x.clone(), w.clone(), b], |v| v[0].conv2d(&v[1], Some(&v[2]), p));
+        check(&[x, w], |v| v[0].conv2d(&v[1], None, p));
+    }
+}

@@ -5,7 +5,10 @@
 //! (`../shared/reference/ddpm_ref.py`), so checkpoints interchange both ways.
 
 pub mod checkpoint;
+pub mod layers;
 mod module;
 pub mod optim;
+pub mod unet;
 
 pub use module::{Module, NamedParams};
+pub use unet::{Preset, UNet};

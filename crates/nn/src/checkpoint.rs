@@ -1,0 +1,363 @@
+//! Checkpoints: safetensors files in the interchange format of the reference
+//! (`../shared/reference/ddpm_ref.py`).
+//!
+//! A model checkpoint holds one f32 tensor per parameter, named by the
+//! reference's `state_dict()` keys (`down.0.conv1.weight`) with the same
+//! shapes, and four metadata strings: `preset`, `num_classes`, `schedule`,
+//! `timesteps`. A file written here loads in PyTorch
+//! (`safetensors.torch.load_file`) and the other way round.
+//!
+//! The functions, from the most general:
+//! - [`save_tensors`] / [`load_tensors`]: any named f32 tensors and any string
+//!   metadata (the training state uses them for the EMA and Adam's moments).
+//! - [`save`] / [`load_into`]: a model's parameters with the interchange
+//!   [`Metadata`]; [`read_metadata`] reads only the metadata, to know which
+//!   model to build before loading into it.
+//!
+//! Two promises: a write is atomic (a crash mid-write leaves the old file, never
+//! half a new one), and a refused load changes nothing in the model.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ddpm_autograd::{Shape, Tensor, Var};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
+
+/// The interchange metadata: which model and which noise schedule the weights
+/// belong to. In the file every entry is a string (`"10"`, `"1000"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// `tiny` or `small`.
+    pub preset: String,
+    /// 0 for an unconditional model.
+    pub num_classes: usize,
+    /// `linear` or `cosine`.
+    pub schedule: String,
+    /// T, the number of diffusion steps.
+    pub timesteps: usize,
+}
+
+/// A metadata entry that is absent or does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    #[error("metadata entry \"{key}\" is missing")]
+    Missing { key: &'static str },
+    #[error("metadata entry \"{key}\" is \"{value}\", expected a non-negative integer")]
+    NotAnInteger { key: &'static str, value: String },
+}
+
+impl Metadata {
+    /// The safetensors metadata map: every value written as a string.
+    pub fn to_map(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("preset".to_string(), self.preset.clone()),
+            ("num_classes".to_string(), self.num_classes.to_string()),
+            ("schedule".to_string(), self.schedule.clone()),
+            ("timesteps".to_string(), self.timesteps.to_string()),
+        ])
+    }
+
+    /// Reads the four entries back; other entries in the map are ignored.
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Metadata, MetadataError> {
+        let get = |key: &'static str| map.get(key).ok_or(MetadataError::Missing { key });
+        let integer = |key: &'static str| {
+            let value = get(key)?;
+            value.trim().parse::<usize>().map_err(|_| MetadataError::NotAnInteger { key, value: value.clone() })
+        };
+        Ok(Metadata {
+            preset: get("preset")?.clone(),
+            num_classes: integer("num_classes")?,
+            schedule: get("schedule")?.clone(),
+            timesteps: integer("timesteps")?,
+        })
+    }
+}
+
+/// Why a checkpoint could not be written or read. Every message is one line
+/// that starts with the file's path.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {}: cannot read: {source}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("checkpoint {}: cannot write: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    #[error("checkpoint {}: not a safetensors file: {reason}", .path.display())]
+    NotSafetensors { path: PathBuf, reason: String },
+    #[error("checkpoint {}: truncated: the file has {actual} bytes, its header needs {expected}", .path.display())]
+    Truncated { path: PathBuf, expected: usize, actual: usize },
+    #[error("checkpoint {}: tensor \"{name}\" has dtype {dtype}, only F32 is supported", .path.display())]
+    NotF32 { path: PathBuf, name: String, dtype: String },
+    #[error("checkpoint {}: tensor \"{name}\" is missing (the model expects shape {expected})", .path.display())]
+    MissingTensor { path: PathBuf, name: String, expected: Shape },
+    #[error("checkpoint {}: tensor \"{name}\" (shape {shape}) is not a parameter of the model", .path.display())]
+    UnexpectedTensor { path: PathBuf, name: String, shape: Shape },
+    #[error("checkpoint {}: tensor \"{name}\" has shape {found}, the model expects {expected}", .path.display())]
+    ShapeMismatch { path: PathBuf, name: String, found: Shape, expected: Shape },
+    #[error("checkpoint {}: the name \"{name}\" is given to two tensors", .path.display())]
+    DuplicateName { path: PathBuf, name: String },
+    #[error("checkpoint {}: {source}", .path.display())]
+    Metadata { path: PathBuf, source: MetadataError },
+}
+
+/// Named tensors as read from a file, sorted by name.
+pub type Tensors = BTreeMap<String, Tensor>;
+
+// ------------------------------------------------------------------ writing
+
+/// Writes a model's parameters and the interchange metadata to `path`.
+pub fn save(path: &Path, params: &[(String, Var)], meta: &Metadata) -> Result<(), CheckpointError> {
+    let tensors: Vec<(String, Tensor)> = params.iter().map(|(name, p)| (name.clone(), p.value())).collect();
+    save_tensors(path, &tensors, &meta.to_map())
+}
+
+/// Writes named f32 tensors (little-endian, shapes as given) and string
+/// metadata to `path`, atomically: the bytes go to a temporary file in the same
+/// directory, which is flushed to disk (fsync) and then renamed over `path`. A
+/// rename within a directory is atomic, so a reader (or a crash) sees either
+/// the old file or the complete new one, never half of it.
+pub fn save_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: &HashMap<String, String>,
+) -> Result<(), CheckpointError> {
+    let mut seen = HashSet::new();
+    if let Some((name, _)) = tensors.iter().find(|(name, _)| !seen.insert(name)) {
+        return Err(CheckpointError::DuplicateName { path: path.to_path_buf(), name: name.clone() });
+    }
+    let views = tensors.iter().map(|(name, t)| (name.as_str(), F32View::new(t)));
+    // An empty map is written as no `__metadata__` entry at all.
+    let metadata = (!metadata.is_empty()).then(|| metadata.clone());
+    let bytes = safetensors::serialize(views, &metadata)
+        .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), source: io::Error::other(format!("{e:?}")) })?;
+    write_atomically(path, &bytes).map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
+}
+
+/// A tensor as safetensors sees it: dtype F32, its shape, its bytes.
+struct F32View {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl F32View {
+    fn new(t: &Tensor) -> F32View {
+        // safetensors stores little-endian values, whatever the machine.
+        let bytes = t.as_slice().iter().flat_map(|x| x.to_le_bytes()).collect();
+        F32View { shape: t.dims().to_vec(), bytes }
+    }
+}
+
+impl safetensors::View for F32View {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        (&self.bytes).into()
+    }
+
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Makes two saves from one process (two threads) use different temporary files.
+static NEXT_TEMP: AtomicUsize = AtomicUsize::new(0);
+
+/// Write to a temporary file, fsync it, rename it over `path`.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file_name =
+        path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))?;
+    let temp_name = format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
+    );
+    // Same directory as `path`: a rename across file systems would be a copy.
+    let temp = path.with_file_name(temp_name);
+    let written = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(bytes)?;
+        // The data must be on disk before the rename makes it the checkpoint.
+        file.sync_all()?;
+        std::fs::rename(&temp, path)
+    })();
+    if written.is_err() {
+        // Best effort: the error that matters is the one being returned.
+        let _ = std::fs::remove_file(&temp);
+    }
+    written?;
+    sync_directory(path);
+    Ok(())
+}
+
+/// Flushes the directory entry written by the rename, so that the new name
+/// survives a power cut. Best effort: the file is complete and in place by now,
+/// and some file systems refuse to sync a directory.
+fn sync_directory(path: &Path) {
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+// ------------------------------------------------------------------ reading
+
+/// Reads every tensor of a safetensors file (each must be F32) and its
+/// metadata (empty if the file has none).
+pub fn load_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), CheckpointError> {
+    let bytes = read(path)?;
+    let (file, metadata) = parse(path, &bytes)?;
+    let mut tensors = Tensors::new();
+    for (name, view) in file.tensors() {
+        if view.dtype() != Dtype::F32 {
+            let dtype = format!("{:?}", view.dtype());
+            return Err(CheckpointError::NotF32 { path: path.to_path_buf(), name, dtype });
+        }
+        // Little-endian bytes to f32, four at a time (the data need not be
+        // aligned for f32, so it is not reinterpreted in place).
+        let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let tensor = Tensor::from_vec(values, view.shape().to_vec()).expect("safetensors checked the data length");
+        tensors.insert(name, tensor);
+    }
+    Ok((tensors, metadata))
+}
+
+/// The interchange metadata of a model checkpoint (the whole file is checked):
+/// which preset, how many classes, which schedule; what is needed to build the
+/// model that [`load_into`] then fills.
+pub fn read_metadata(path: &Path) -> Result<Metadata, CheckpointError> {
+    let bytes = read(path)?;
+    let (_, map) = parse(path, &bytes)?;
+    Metadata::from_map(&map).map_err(|source| CheckpointError::Metadata { path: path.to_path_buf(), source })
+}
+
+/// Loads a model checkpoint into `params` and returns its interchange metadata.
+///
+/// The file must hold exactly the model's parameters: a missing tensor, a
+/// tensor the model does not have, a tensor of another shape or dtype, or a
+/// missing metadata entry is refused with a message naming it. Everything is
+/// checked before the first value is set, so a refused file leaves the model
+/// as it was.
+pub fn load_into(path: &Path, params: &[(String, Var)]) -> Result<Metadata, CheckpointError> {
+    let (mut tensors, map) = load_tensors(path)?;
+    let meta =
+        Metadata::from_map(&map).map_err(|source| CheckpointError::Metadata { path: path.to_path_buf(), source })?;
+    check_names_and_shapes(path, &tensors, params)?;
+    for (name, p) in params {
+        p.set_value(tensors.remove(name).expect("checked above"));
+    }
+    Ok(meta)
+}
+
+/// Loads named tensors into `params` as [`load_into`] does, for a file with
+/// any metadata or none (a training state, a file written by another tool),
+/// and returns that metadata as it is.
+pub fn load_tensors_into(path: &Path, params: &[(String, Var)]) -> Result<HashMap<String, String>, CheckpointError> {
+    let (mut tensors, map) = load_tensors(path)?;
+    check_names_and_shapes(path, &tensors, params)?;
+    for (name, p) in params {
+        p.set_value(tensors.remove(name).expect("checked above"));
+    }
+    Ok(map)
+}
+
+/// The file's tensors must be exactly the parameters, shape for shape. The
+/// first problem is reported: parameters in the model's order, then tensors
+/// the model does not have, by name.
+fn check_names_and_shapes(path: &Path, tensors: &Tensors, params: &[(String, Var)]) -> Result<(), CheckpointError> {
+    let path = || path.to_path_buf();
+    for (name, p) in params {
+        let expected = p.shape();
+        match tensors.get(name) {
+            None => return Err(CheckpointError::MissingTensor { path: path(), name: name.clone(), expected }),
+            Some(t) if t.shape() != &expected => {
+                let found = t.shape().clone();
+                return Err(CheckpointError::ShapeMismatch { path: path(), name: name.clone(), found, expected });
+            }
+            Some(_) => {}
+        }
+    }
+    let names: HashSet<&str> = params.iter().map(|(name, _)| name.as_str()).collect();
+    if let Some((name, t)) = tensors.iter().find(|(name, _)| !names.contains(name.as_str())) {
+        return Err(CheckpointError::UnexpectedTensor { path: path(), name: name.clone(), shape: t.shape().clone() });
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+    std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })
+}
+
+/// Parses the header and checks that it describes the bytes that follow,
+/// turning the safetensors crate's errors into messages for a person; returns
+/// the tensors (views into `bytes`) and the metadata (empty if there is none).
+///
+/// The layout: 8 bytes holding n (little-endian u64), n bytes of JSON header
+/// (`{"name": {"dtype", "shape", "data_offsets"}, "__metadata__": {...}}`),
+/// then the tensors' bytes back to back.
+fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<String, String>), CheckpointError> {
+    let not_safetensors = |reason: String| CheckpointError::NotSafetensors { path: path.to_path_buf(), reason };
+    let truncated =
+        |expected: usize| CheckpointError::Truncated { path: path.to_path_buf(), expected, actual: bytes.len() };
+    let header_len = || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
+        SafeTensorError::HeaderTooSmall => {
+            not_safetensors(format!("{} bytes is too short to hold the 8-byte header length", bytes.len()))
+        }
+        SafeTensorError::HeaderTooLarge => not_safetensors(format!(
+            "its first 8 bytes announce a header of {} bytes, more than the 100 MB allowed",
+            header_len()
+        )),
+        SafeTensorError::InvalidHeaderLength => truncated((header_len() as usize).saturating_add(8)),
+        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderStart => {
+            not_safetensors("the header is not UTF-8 text".to_string())
+        }
+        SafeTensorError::InvalidHeaderDeserialization => {
+            not_safetensors("the header is not a JSON description of tensors".to_string())
+        }
+        SafeTensorError::InvalidOffset(name) => {
+            not_safetensors(format!("the byte range of tensor \"{name}\" does not follow the previous one"))
+        }
+        SafeTensorError::TensorInvalidInfo => {
+            not_safetensors("a tensor's byte range does not match its shape and dtype".to_string())
+        }
+        // The header parsed, but the data after it is shorter or longer than
+        // the header's offsets say.
+        SafeTensorError::MetadataIncompleteBuffer => {
+            let n = header_len() as usize;
+            let expected = 8 + n + data_len(&bytes[8..8 + n]);
+            if bytes.len() < expected {
+                truncated(expected)
+            } else {
+                not_safetensors(format!("{} bytes follow the last tensor", bytes.len() - expected))
+            }
+        }
+        other => not_safetensors(format!("{other:?}")),
+    })?;
+    let metadata = header.metadata().clone().unwrap_or_default();
+    let file = SafeTensors::deserialize(bytes).expect("the header was validated just above");
+    Ok((file, metadata))
+}
+
+/// The length of the data section that a valid header describes: the end of
+/// its last tensor, the largest `data_offsets[1]`.
+fn data_len(header: &[u8]) -> usize {
+    let header: HashMap<String, serde_json::Value> = serde_json::from_slice(header).unwrap_or_default();
+    header.values().filter_map(|info| info["data_offsets"][1].as_u64()).max().unwrap_or(0) as usize
+}
