@@ -5,4 +5,5 @@
 //! of them through one name.
 
 pub use ddpm_autograd as autograd;
+pub use ddpm_nn as nn;
 pub use ddpm_tensor as tensor;

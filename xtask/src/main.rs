@@ -9,6 +9,9 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod device;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "DDPM from scratch: train, sample, evaluate, benchmark")]
 struct Cli {
@@ -28,8 +31,8 @@ enum Job {
     Data(Pending),
     /// Walk through the lecture in numbers and pictures (not built yet).
     Lecture(Pending),
-    /// Images/s of the train step or the sampler (not built yet).
-    Bench(Pending),
+    /// Images/s of the train step or the sampler's network evaluations.
+    Bench(bench::BenchArgs),
 }
 
 /// The arguments of a job that is not built yet, accepted so that the message
@@ -59,7 +62,7 @@ fn run(cli: Cli) -> Result<()> {
         Job::Data(_) => ("data", "#4 (DDPM end to end)"),
         Job::Lecture(_) => ("lecture", "#4 (DDPM end to end)"),
         Job::Eval(_) => ("eval", "#5 (judge the samples)"),
-        Job::Bench(_) => ("bench", "#3 (layers and the U-Net)"),
+        Job::Bench(args) => return bench::run(args),
     };
     bail!("`cargo xtask {name}` is not built yet: it arrives with issue {issue}")
 }

@@ -1,0 +1,12 @@
+//! `ddpm`: the diffusion process itself, in the lecture's notation and the
+//! paper's (Ho et al. 2020).
+//!
+//! - [`schedule`]: beta_t and everything derived from it, with the lecture's
+//!   a_t, b_t, abar_t, bbar_t as accessors.
+//! - [`loss`]: the training objective: random t, closed-form x_t, MSE on the noise.
+
+pub mod loss;
+pub mod schedule;
+
+pub use loss::train_loss;
+pub use schedule::{Schedule, ScheduleKind};

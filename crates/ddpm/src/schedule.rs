@@ -1,0 +1,165 @@
+//! The noise schedule.
+//!
+//! Lecture: one noising step is x_t = a_t x_{t-1} + b_t e_t with a_t^2 + b_t^2 = 1,
+//! and the chain collapses to x_t = abar_t x_0 + bbar_t e with abar_t = a_1 ... a_t
+//! and bbar_t = sqrt(1 - abar_t^2).
+//! Paper: beta_t = b_t^2, alpha_t = 1 - beta_t = a_t^2, alphabar_t = prod alpha_s = abar_t^2.
+//! Timesteps are indexed t = 0 .. T-1 as in the reference (t = 0 is the first step).
+//! Everything is computed in f64 and handed out as f32 where it meets tensors.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ddpm_tensor::{Result, Tensor, TensorError};
+
+/// How beta_t grows with t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleKind {
+    /// beta_t from 1e-4 to 0.02, evenly spaced (Ho et al.).
+    Linear,
+    /// alphabar_t = f(t+1)/f(0)-like cosine ramp, s = 0.008, betas clipped at 0.999 (Nichol & Dhariwal).
+    Cosine,
+}
+
+impl FromStr for ScheduleKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "linear" => Ok(ScheduleKind::Linear),
+            "cosine" => Ok(ScheduleKind::Cosine),
+            other => Err(format!("unknown schedule {other:?}: expected \"linear\" or \"cosine\"")),
+        }
+    }
+}
+
+impl fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScheduleKind::Linear => "linear",
+            ScheduleKind::Cosine => "cosine",
+        })
+    }
+}
+
+/// beta_t and its derived quantities for t = 0 .. T-1, in f64.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub kind: ScheduleKind,
+    /// beta_t = b_t^2: the variance of the noise added at step t.
+    pub betas: Vec<f64>,
+    /// alpha_t = 1 - beta_t = a_t^2.
+    pub alphas: Vec<f64>,
+    /// alphabar_t = alpha_0 ... alpha_t = abar_t^2 (`alphas_cumprod` in diffusers).
+    pub alphas_cumprod: Vec<f64>,
+    /// Variance of q(x_{t-1} | x_t, x_0): beta_t (1 - alphabar_{t-1}) / (1 - alphabar_t).
+    pub posterior_var: Vec<f64>,
+}
+
+impl Schedule {
+    pub fn new(kind: ScheduleKind, timesteps: usize) -> Schedule {
+        let t = timesteps;
+        let betas: Vec<f64> = match kind {
+            // torch.linspace(1e-4, 0.02, T) in f64.
+            ScheduleKind::Linear => (0..t)
+                .map(|i| if t == 1 { 1e-4 } else { 1e-4 + (0.02 - 1e-4) * i as f64 / (t - 1) as f64 })
+                .collect(),
+            ScheduleKind::Cosine => {
+                let s = 0.008;
+                let f = |u: f64| ((u / t as f64 + s) / (1.0 + s) * std::f64::consts::PI / 2.0).cos().powi(2);
+                (0..t).map(|i| (1.0 - f(i as f64 + 1.0) / f(i as f64)).min(0.999)).collect()
+            }
+        };
+        let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
+        let alphas_cumprod: Vec<f64> = alphas
+            .iter()
+            .scan(1.0, |acc, a| {
+                *acc *= a;
+                Some(*acc)
+            })
+            .collect();
+        let posterior_var = (0..t)
+            .map(|i| {
+                let prev = if i == 0 { 1.0 } else { alphas_cumprod[i - 1] };
+                betas[i] * (1.0 - prev) / (1.0 - alphas_cumprod[i])
+            })
+            .collect();
+        Schedule { kind, betas, alphas, alphas_cumprod, posterior_var }
+    }
+
+    /// T, the number of steps.
+    pub fn timesteps(&self) -> usize {
+        self.betas.len()
+    }
+
+    /// Lecture's a_t = sqrt(alpha_t): how much of x_{t-1} survives step t.
+    pub fn a(&self, t: usize) -> f64 {
+        self.alphas[t].sqrt()
+    }
+
+    /// Lecture's b_t = sqrt(beta_t): how much fresh noise step t adds.
+    pub fn b(&self, t: usize) -> f64 {
+        self.betas[t].sqrt()
+    }
+
+    /// Lecture's abar_t = a_0 ... a_t = sqrt(alphabar_t): how much of x_0 survives to x_t.
+    pub fn abar(&self, t: usize) -> f64 {
+        self.alphas_cumprod[t].sqrt()
+    }
+
+    /// Lecture's bbar_t = sqrt(1 - abar_t^2): the noise level of x_t.
+    pub fn bbar(&self, t: usize) -> f64 {
+        (1.0 - self.alphas_cumprod[t]).sqrt()
+    }
+
+    /// Lecture section 4 (paper eq. 4): x_t = abar_t x_0 + bbar_t e, in one step,
+    /// for a batch x0 [N, ...] with one timestep per sample.
+    /// As the reference: alphabar_t is rounded to f32 first, then square-rooted in f32.
+    pub fn q_sample(&self, x0: &Tensor, t: &[usize], eps: &Tensor) -> Result<Tensor> {
+        eps.expect_shape("q_sample", x0.shape())?;
+        let n = x0.dims().first().copied().unwrap_or(0);
+        if t.len() != n {
+            return Err(TensorError::invalid("q_sample", format!("{} timesteps for a batch of {n}", t.len())));
+        }
+        if let Some(&bad) = t.iter().find(|&&s| s >= self.timesteps()) {
+            return Err(TensorError::invalid("q_sample", format!("timestep {bad} is not below T = {}", self.timesteps())));
+        }
+        let per_sample = x0.numel() / n.max(1);
+        let mut out = x0.to_vec();
+        for ((o, e), &step) in out.chunks_mut(per_sample).zip(eps.as_slice().chunks(per_sample)).zip(t) {
+            let ab = self.alphas_cumprod[step] as f32;
+            let (signal, noise) = (ab.sqrt(), (1.0 - ab).sqrt());
+            o.iter_mut().zip(e).for_each(|(x, &e)| *x = signal * *x + noise * e);
+        }
+        Tensor::from_vec(out, x0.shape().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lecture_names_satisfy_their_identities() {
+        for kind in [ScheduleKind::Linear, ScheduleKind::Cosine] {
+            let s = Schedule::new(kind, 1000);
+            for t in [0, 1, 500, 999] {
+                // a_t^2 + b_t^2 = 1 and abar_t^2 + bbar_t^2 = 1.
+                assert!((s.a(t).powi(2) + s.b(t).powi(2) - 1.0).abs() < 1e-12);
+                assert!((s.abar(t).powi(2) + s.bbar(t).powi(2) - 1.0).abs() < 1e-12);
+            }
+            // abar_t = a_0 a_1 ... a_t.
+            let product: f64 = (0..=700).map(|t| s.a(t)).product();
+            assert!((product - s.abar(700)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn abar_decreases_from_nearly_one_to_nearly_zero() {
+        for kind in [ScheduleKind::Linear, ScheduleKind::Cosine] {
+            let s = Schedule::new(kind, 1000);
+            assert!(s.alphas_cumprod.windows(2).all(|w| w[1] < w[0]), "{kind}");
+            assert!(s.abar(0) > 0.99 && s.abar(999) < 0.01, "{kind}");
+        }
+    }
+}
