@@ -33,7 +33,10 @@ fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
 fn a_pytorch_checkpoint_loads_and_computes_the_same_output() {
     let path = fixture("checkpoint_tiny_c10.safetensors");
     let meta = read_metadata(&path).unwrap();
-    assert_eq!((meta.preset.as_str(), meta.num_classes, meta.schedule.as_str(), meta.timesteps), ("tiny", 10, "linear", 1000));
+    assert_eq!(
+        (meta.preset.as_str(), meta.num_classes, meta.schedule.as_str(), meta.timesteps),
+        ("tiny", 10, "linear", 1000)
+    );
     let model = UNet::new(meta.preset.parse().unwrap(), meta.num_classes, &mut StdRng::seed_from_u64(1));
     load_into(&path, &model.named_params()).unwrap();
 

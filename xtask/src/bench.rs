@@ -106,6 +106,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     println!("| total     | {:>7.1} |", per_step(total));
+    eprintln!("pool: {} MiB cached", ddpm_tensor::pool::cached_bytes() >> 20);
     println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
     Ok(())
 }

@@ -13,7 +13,13 @@ use crate::Schedule;
 /// The epsilon-MSE loss on a batch x0 [N, 1, 28, 28] in [-1, 1], with
 /// optional labels. Draws t and e from `rng` (t first, as the reference),
 /// and uses it for dropout too.
-pub fn train_loss(model: &UNet, schedule: &Schedule, x0: &Tensor, labels: Option<&[usize]>, rng: &mut StdRng) -> Result<Var> {
+pub fn train_loss(
+    model: &UNet,
+    schedule: &Schedule,
+    x0: &Tensor,
+    labels: Option<&[usize]>,
+    rng: &mut StdRng,
+) -> Result<Var> {
     let n = x0.dims()[0];
     let t: Vec<usize> = (0..n).map(|_| rng.gen_range(0..schedule.timesteps())).collect();
     let eps = Tensor::randn(x0.shape().clone(), rng);

@@ -61,9 +61,9 @@ impl Schedule {
         let t = timesteps;
         let betas: Vec<f64> = match kind {
             // torch.linspace(1e-4, 0.02, T) in f64.
-            ScheduleKind::Linear => (0..t)
-                .map(|i| if t == 1 { 1e-4 } else { 1e-4 + (0.02 - 1e-4) * i as f64 / (t - 1) as f64 })
-                .collect(),
+            ScheduleKind::Linear => {
+                (0..t).map(|i| if t == 1 { 1e-4 } else { 1e-4 + (0.02 - 1e-4) * i as f64 / (t - 1) as f64 }).collect()
+            }
             ScheduleKind::Cosine => {
                 let s = 0.008;
                 let f = |u: f64| ((u / t as f64 + s) / (1.0 + s) * std::f64::consts::PI / 2.0).cos().powi(2);
@@ -122,7 +122,10 @@ impl Schedule {
             return Err(TensorError::invalid("q_sample", format!("{} timesteps for a batch of {n}", t.len())));
         }
         if let Some(&bad) = t.iter().find(|&&s| s >= self.timesteps()) {
-            return Err(TensorError::invalid("q_sample", format!("timestep {bad} is not below T = {}", self.timesteps())));
+            return Err(TensorError::invalid(
+                "q_sample",
+                format!("timestep {bad} is not below T = {}", self.timesteps()),
+            ));
         }
         let per_sample = x0.numel() / n.max(1);
         let mut out = x0.to_vec();

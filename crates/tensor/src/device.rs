@@ -13,9 +13,30 @@ pub enum Device {
 }
 
 /// A tensor's buffer, tagged by the device it lives on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub enum Storage {
     Cpu(Vec<f32>),
+}
+
+impl Clone for Storage {
+    fn clone(&self) -> Self {
+        match self {
+            Storage::Cpu(v) => {
+                let mut copy = crate::pool::take(v.len());
+                copy.copy_from_slice(v);
+                Storage::Cpu(copy)
+            }
+        }
+    }
+}
+
+/// A CPU buffer goes back to the pool for the next tensor of its size.
+impl Drop for Storage {
+    fn drop(&mut self) {
+        match self {
+            Storage::Cpu(v) => crate::pool::give(std::mem::take(v)),
+        }
+    }
 }
 
 impl Storage {

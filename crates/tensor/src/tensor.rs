@@ -44,7 +44,9 @@ impl Tensor {
 
     pub fn full(shape: impl Into<Shape>, value: f32) -> Tensor {
         let shape = shape.into();
-        Tensor::from_parts(vec![value; shape.numel()], shape)
+        let mut data = crate::pool::take(shape.numel());
+        data.fill(value);
+        Tensor::from_parts(data, shape)
     }
 
     pub fn zeros(shape: impl Into<Shape>) -> Tensor {
@@ -62,7 +64,8 @@ impl Tensor {
     /// Standard normal samples, N(0, 1).
     pub fn randn(shape: impl Into<Shape>, rng: &mut impl Rng) -> Tensor {
         let shape = shape.into();
-        let data = (0..shape.numel()).map(|_| StandardNormal.sample(rng)).collect();
+        let mut data = crate::pool::take(shape.numel());
+        data.iter_mut().for_each(|v| *v = StandardNormal.sample(rng));
         Tensor::from_parts(data, shape)
     }
 
@@ -70,7 +73,8 @@ impl Tensor {
     pub fn rand_uniform(shape: impl Into<Shape>, low: f32, high: f32, rng: &mut impl Rng) -> Tensor {
         let shape = shape.into();
         let dist = Uniform::new(low, high);
-        let data = (0..shape.numel()).map(|_| dist.sample(rng)).collect();
+        let mut data = crate::pool::take(shape.numel());
+        data.iter_mut().for_each(|v| *v = dist.sample(rng));
         Tensor::from_parts(data, shape)
     }
 

@@ -17,8 +17,8 @@ pub fn dropout(x: &Var, p: f32, mode: &mut Mode) -> Result<Var> {
     match mode {
         Mode::Train(rng) if p > 0.0 => {
             let keep = 1.0 / (1.0 - p);
-            let mask: Vec<f32> =
-                (0..x.shape().numel()).map(|_| if rng.gen::<f32>() < p { 0.0 } else { keep }).collect();
+            let mut mask = ddpm_tensor::pool::take(x.shape().numel());
+            mask.iter_mut().for_each(|m| *m = if rng.gen::<f32>() < p { 0.0 } else { keep });
             x.mul(&Var::constant(Tensor::from_vec(mask, x.shape())?))
         }
         _ => Ok(x.clone()),

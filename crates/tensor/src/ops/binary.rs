@@ -105,7 +105,7 @@ fn broadcast_with(a: &Tensor, b: &Tensor, out_shape: Shape, f: impl Fn(f32, f32)
     let outer = &walk.dims[..walk.dims.len() - 1];
     let (sa, sb) = (&walk.a[..outer.len()], &walk.b[..outer.len()]);
     let (da, db) = (a.as_slice(), b.as_slice());
-    let mut out = vec![0.0; out_shape.numel()];
+    let mut out = crate::pool::take(out_shape.numel());
     for_each_row(&mut out, inner, |r, row| {
         let [oa, ob] = row_offsets(r, outer, [sa, sb]);
         row_kernel(row, &da[oa..], ia, &db[ob..], ib, f);

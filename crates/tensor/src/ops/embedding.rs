@@ -39,7 +39,7 @@ impl Tensor {
             return Err(TensorError::invalid("index_add_rows", format!("{b} rows but {} indices", indices.len())));
         }
         check("index_add_rows", table_rows, indices)?;
-        let mut out = vec![0.0; table_rows * d];
+        let mut out = crate::pool::take_zeroed(table_rows * d);
         for (row, &i) in self.as_slice().chunks(d).zip(indices) {
             out[i * d..(i + 1) * d].iter_mut().zip(row).for_each(|(o, &g)| *o += g);
         }

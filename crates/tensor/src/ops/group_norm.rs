@@ -48,7 +48,7 @@ impl Tensor {
         let cg = c / groups; // channels per group
         let m = cg * hw; // elements per group
         let (x, gam, bet) = (self.as_slice(), gamma.as_slice(), beta.as_slice());
-        let mut y = vec![0.0; self.numel()];
+        let mut y = crate::pool::take(self.numel());
         let mut mean = vec![0.0; n * groups];
         let mut rstd = vec![0.0; n * groups];
         // One task per (n, g): its elements are one contiguous block of M.
@@ -87,7 +87,7 @@ pub fn group_norm_backward(
     let cg = c / groups;
     let m = cg * hw;
     let (xs, gs, gam) = (x.as_slice(), d_out.as_slice(), gamma.as_slice());
-    let mut dx = vec![0.0; x.numel()];
+    let mut dx = crate::pool::take(x.numel());
     // Per (n, g): dx, plus this sample's contribution to d_gamma and d_beta of its channels.
     let partial: Vec<(Vec<f64>, Vec<f64>)> = dx
         .par_chunks_mut(m.max(1))

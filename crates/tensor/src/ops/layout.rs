@@ -36,7 +36,7 @@ impl Tensor {
         let outer = &out_dims[..rank - 1];
         let outer_strides = &src_strides[..rank - 1];
         let src = self.as_slice();
-        let mut out = vec![0.0; self.numel()];
+        let mut out = crate::pool::take(self.numel());
         for_each_row(&mut out, inner, |r, row| {
             let [base] = row_offsets(r, outer, [outer_strides]);
             for (j, o) in row.iter_mut().enumerate() {
@@ -75,10 +75,12 @@ impl Tensor {
         dims[axis] = parts.iter().map(|p| p.dims()[axis]).sum();
         // Per outer index, each part contributes one contiguous block.
         let blocks: Vec<usize> = parts.iter().map(|p| p.numel() / outer.max(1)).collect();
-        let mut out = Vec::with_capacity(dims.iter().product());
+        let mut out = crate::pool::take(dims.iter().product());
+        let mut pos = 0;
         for o in 0..outer {
             for (p, &len) in parts.iter().zip(&blocks) {
-                out.extend_from_slice(&p.as_slice()[o * len..(o + 1) * len]);
+                out[pos..pos + len].copy_from_slice(&p.as_slice()[o * len..(o + 1) * len]);
+                pos += len;
             }
         }
         Ok(Tensor::from_parts(out, Shape::new(dims)))
@@ -99,10 +101,11 @@ impl Tensor {
         let mut dims = self.dims().to_vec();
         dims[axis] = len;
         let src = self.as_slice();
-        let mut out = Vec::with_capacity(outer * len * inner);
-        for o in 0..outer {
+        let block = len * inner;
+        let mut out = crate::pool::take(outer * block);
+        for (o, dst) in out.chunks_mut(block.max(1)).enumerate().take(outer) {
             let base = (o * extent + start) * inner;
-            out.extend_from_slice(&src[base..base + len * inner]);
+            dst.copy_from_slice(&src[base..base + block]);
         }
         Ok(Tensor::from_parts(out, Shape::new(dims)))
     }

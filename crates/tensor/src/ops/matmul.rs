@@ -169,7 +169,8 @@ fn batched(op: &'static str, a: &Tensor, ta: Transpose, b: &Tensor, tb: Transpos
         return Err(TensorError::ShapeMismatch { op, lhs: a.shape().clone(), rhs: b.shape().clone() });
     }
     let out_shape = if a.rank() == 3 { Shape::new([ba, m, n]) } else { Shape::new([m, n]) };
-    let mut out = vec![0.0; out_shape.numel()];
+    // sgemm with beta = 0 overwrites C, so stale contents are fine.
+    let mut out = crate::pool::take(out_shape.numel());
     let (da, db) = (a.as_slice(), b.as_slice());
     let b_step = if b.rank() == 2 { 0 } else { k * n };
     if ba == 1 {

@@ -3,6 +3,7 @@
 //! it that its tests compare against.
 
 mod binary;
+mod conv2d;
 mod embedding;
 mod group_norm;
 mod layout;
@@ -14,6 +15,10 @@ mod unary;
 mod upsample;
 
 pub use binary::{binary_reference, BinaryOp};
+pub use conv2d::{
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_input_reference, conv2d_backward_weight,
+    conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
+};
 pub use group_norm::{group_norm_backward, group_norm_reference, GroupNormStats};
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
 pub use reduce::sum_axes_reference;

@@ -18,7 +18,7 @@ impl Tensor {
     pub fn softmax(&self) -> Result<Tensor> {
         let n = last_axis("softmax", self)?;
         let src = self.as_slice();
-        let mut out = vec![0.0; self.numel()];
+        let mut out = crate::pool::take(self.numel());
         for_each_row(&mut out, n, |r, row| {
             let x = &src[r * n..(r + 1) * n];
             let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -37,7 +37,7 @@ impl Tensor {
     pub fn log_softmax(&self) -> Result<Tensor> {
         let n = last_axis("log_softmax", self)?;
         let src = self.as_slice();
-        let mut out = vec![0.0; self.numel()];
+        let mut out = crate::pool::take(self.numel());
         for_each_row(&mut out, n, |r, row| {
             let x = &src[r * n..(r + 1) * n];
             let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -52,7 +52,7 @@ impl Tensor {
         d_out.expect_shape("softmax_backward", y.shape())?;
         let n = last_axis("softmax_backward", y)?;
         let (ys, gs) = (y.as_slice(), d_out.as_slice());
-        let mut out = vec![0.0; y.numel()];
+        let mut out = crate::pool::take(y.numel());
         for_each_row(&mut out, n, |r, row| {
             let (y, g) = (&ys[r * n..(r + 1) * n], &gs[r * n..(r + 1) * n]);
             let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
@@ -68,7 +68,7 @@ impl Tensor {
         d_out.expect_shape("log_softmax_backward", y.shape())?;
         let n = last_axis("log_softmax_backward", y)?;
         let (ys, gs) = (y.as_slice(), d_out.as_slice());
-        let mut out = vec![0.0; y.numel()];
+        let mut out = crate::pool::take(y.numel());
         for_each_row(&mut out, n, |r, row| {
             let (y, g) = (&ys[r * n..(r + 1) * n], &gs[r * n..(r + 1) * n]);
             let total: f32 = g.iter().sum();

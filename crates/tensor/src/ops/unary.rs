@@ -12,7 +12,7 @@ pub fn sigmoid(x: f32) -> f32 {
 impl Tensor {
     /// y = f(x) for every element, in parallel for large tensors.
     pub fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
-        let mut out = vec![0.0; self.numel()];
+        let mut out = crate::pool::take(self.numel());
         map_into(self.as_slice(), &mut out, f);
         Tensor::from_parts(out, self.shape().clone())
     }

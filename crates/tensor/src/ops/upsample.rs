@@ -19,7 +19,7 @@ impl Tensor {
     pub fn upsample_nearest2x(&self) -> Result<Tensor> {
         let (n, c, h, w) = planes("upsample_nearest2x", self)?;
         let x = self.as_slice();
-        let mut y = vec![0.0; self.numel() * 4];
+        let mut y = crate::pool::take(self.numel() * 4);
         // One output row (2W values) at a time: row r of plane p is input row r/2.
         for_each_row(&mut y, 2 * w, |r, row| {
             let (plane, i) = (r / (2 * h), (r % (2 * h)) / 2);
@@ -40,7 +40,7 @@ impl Tensor {
         }
         let (h, w) = (h2 / 2, w2 / 2);
         let g = self.as_slice();
-        let mut dx = vec![0.0; self.numel() / 4];
+        let mut dx = crate::pool::take(self.numel() / 4);
         for_each_row(&mut dx, w, |r, row| {
             let (plane, i) = (r / h, r % h);
             let top = &g[(plane * h2 + 2 * i) * w2..][..w2];
