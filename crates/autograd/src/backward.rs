@@ -63,7 +63,7 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         Sigmoid(_) => vec![Some(g.zip_map(y, |g, y| g * y * (1.0 - y))?)],
         // y = x s(x): dy/dx = s(x) + x s(x)(1 - s(x)) = s(x) (1 + x (1 - s(x))).
         Silu(_) => vec![Some(g.zip_map(x, |g, x| {
-            let s = 1.0 / (1.0 + (-x).exp());
+            let s = ddpm_tensor::ops::sigmoid(x);
             g * s * (1.0 + x * (1.0 - s))
         })?)],
         // y = max(x, 0): dy/dx = 1 where x > 0, else 0.

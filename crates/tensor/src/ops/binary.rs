@@ -153,8 +153,14 @@ impl Tensor {
     pub fn add_assign(&mut self, rhs: &Tensor) -> Result<()> {
         rhs.expect_shape("add_assign", self.shape())?;
         let src = rhs.as_slice();
-        for (o, &x) in self.as_mut_slice().iter_mut().zip(src) {
-            *o += x;
+        let dst = self.as_mut_slice();
+        if dst.len() >= crate::PARALLEL_THRESHOLD {
+            use rayon::prelude::*;
+            dst.par_chunks_mut(4096).zip(src.par_chunks(4096)).for_each(|(d, s)| {
+                d.iter_mut().zip(s).for_each(|(o, &x)| *o += x);
+            });
+        } else {
+            dst.iter_mut().zip(src).for_each(|(o, &x)| *o += x);
         }
         Ok(())
     }

@@ -607,12 +607,25 @@ pub fn conv2d_backward_bias(d_out: &Tensor) -> Result<Tensor> {
             format!("d_out must have rank 4 [N, K, Ho, Wo], got shape {}", d_out.shape()),
         ));
     };
-    let mut d_b = vec![0.0f64; k];
-    if ho * wo > 0 {
-        for (i, plane) in d_out.as_slice().chunks_exact(ho * wo).enumerate() {
-            d_b[i % k] += sum_f32(plane) as f64;
+    // One partial sum per sample, in parallel, then added up.
+    let per_sample = |sample: &[f32]| -> Vec<f64> {
+        let mut d_b = vec![0.0f64; k];
+        if ho * wo > 0 {
+            for (d, plane) in d_b.iter_mut().zip(sample.chunks_exact(ho * wo)) {
+                *d += sum_f32(plane) as f64;
+            }
         }
-    }
+        d_b
+    };
+    let add = |mut a: Vec<f64>, b: Vec<f64>| {
+        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+        a
+    };
+    let d_b = if k * ho * wo == 0 {
+        vec![0.0f64; k]
+    } else {
+        d_out.as_slice().par_chunks_exact(k * ho * wo).map(per_sample).reduce(|| vec![0.0f64; k], add)
+    };
     Ok(Tensor::from_parts(d_b.into_iter().map(|v| v as f32).collect(), Shape::new([k])))
 }
 

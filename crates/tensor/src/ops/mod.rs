@@ -23,3 +23,4 @@ pub use group_norm::{group_norm_backward, group_norm_reference, GroupNormStats};
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
 pub use reduce::sum_axes_reference;
 pub use softmax::softmax_reference;
+pub use unary::{exp, sigmoid};

@@ -24,7 +24,7 @@ impl Tensor {
             let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut total = 0.0;
             for (o, &v) in row.iter_mut().zip(x) {
-                *o = (v - m).exp();
+                *o = super::exp(v - m);
                 total += *o;
             }
             let inv = 1.0 / total;
@@ -41,7 +41,7 @@ impl Tensor {
         for_each_row(&mut out, n, |r, row| {
             let x = &src[r * n..(r + 1) * n];
             let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let lse = m + x.iter().map(|&v| (v - m).exp()).sum::<f32>().ln();
+            let lse = m + x.iter().map(|&v| super::exp(v - m)).sum::<f32>().ln();
             row.iter_mut().zip(x).for_each(|(o, &v)| *o = v - lse);
         });
         Ok(Tensor::from_parts(out, self.shape().clone()))
@@ -73,7 +73,7 @@ impl Tensor {
             let (y, g) = (&ys[r * n..(r + 1) * n], &gs[r * n..(r + 1) * n]);
             let total: f32 = g.iter().sum();
             for ((o, &y), &g) in row.iter_mut().zip(y).zip(g) {
-                *o = g - y.exp() * total;
+                *o = g - super::exp(y) * total;
             }
         });
         Ok(Tensor::from_parts(out, y.shape().clone()))
