@@ -92,6 +92,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 marks[0] = start.elapsed();
             }
         }
+        if step == 1 {
+            ddpm_autograd::profile::reset();
+        }
         if step >= 2 {
             total += start.elapsed();
             phases.iter_mut().zip(marks).for_each(|(p, m)| *p += m);
@@ -106,7 +109,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
     println!("| total     | {:>7.1} |", per_step(total));
-    eprintln!("pool: {} MiB cached", ddpm_tensor::pool::cached_bytes() >> 20);
+    if let Some(table) = ddpm_autograd::profile::report(args.steps) {
+        println!("\nper op (DDPM_PROFILE=1; wall time on the calling thread):\n{table}");
+    }
     println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
     Ok(())
 }

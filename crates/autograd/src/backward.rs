@@ -8,7 +8,9 @@
 
 use std::collections::HashMap;
 
-use ddpm_tensor::ops::{conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, group_norm_backward};
+use ddpm_tensor::ops::{
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, group_norm_backward, group_norm_silu_backward,
+};
 use ddpm_tensor::{Result, Tensor, TensorError};
 
 use crate::op::Op;
@@ -146,6 +148,15 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
                 beta.requires_grad().then_some(dbeta),
             ]
         }
+        // y = silu(z), z = GroupNorm(x): dz = g silu'(z), then the group-norm rule with dz.
+        GroupNormSilu { x: xv, gamma, beta, groups, stats } => {
+            let (dx, dgamma, dbeta) = group_norm_silu_backward(x, stats, &gamma.value(), &beta.value(), *groups, g)?;
+            vec![
+                xv.requires_grad().then_some(dx),
+                gamma.requires_grad().then_some(dgamma),
+                beta.requires_grad().then_some(dbeta),
+            ]
+        }
         // Each input pixel fed a 2x2 block: it gets the block's summed gradient.
         Upsample2x(_) => vec![Some(g.upsample_nearest2x_backward()?)],
         // Each table row gets the gradients of every output that copied it.
@@ -248,7 +259,10 @@ impl Var {
                 ));
             };
             let y = v.value();
-            let input_grads = input_grads(&op, &y, &g)?;
+            let input_grads = {
+                let _timer = crate::profile::scope(op.name(), crate::profile::Pass::Backward);
+                input_grads(&op, &y, &g)?
+            };
             for (input, gi) in op.inputs().into_iter().zip(input_grads) {
                 let Some(gi) = gi else { continue };
                 debug_assert_eq!(gi.shape(), &input.shape(), "rule of {} gave a misshaped gradient", op.name());

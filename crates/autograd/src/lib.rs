@@ -17,6 +17,7 @@ pub mod grad_mode;
 pub mod gradcheck;
 mod op;
 mod ops;
+pub mod profile;
 mod var;
 
 pub use backward::Gradients;

@@ -53,6 +53,14 @@ pub enum Op {
         groups: usize,
         stats: GroupNormStats,
     },
+    /// silu(GroupNorm(x; gamma, beta)), fused: the U-Net's "norm, then activation".
+    GroupNormSilu {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        groups: usize,
+        stats: GroupNormStats,
+    },
     /// Nearest-neighbour x2 upsampling of [N, C, H, W].
     Upsample2x(Var),
     /// Rows of a [V, D] table picked by the indices.
@@ -86,7 +94,7 @@ impl Op {
                 vec![a]
             }
             Upsample2x(a) | Embedding(a, _) => vec![a],
-            GroupNorm { x, gamma, beta, .. } => vec![x, gamma, beta],
+            GroupNorm { x, gamma, beta, .. } | GroupNormSilu { x, gamma, beta, .. } => vec![x, gamma, beta],
             Conv2d { x, weight, bias, .. } => [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().collect(),
             Concat(parts, _) => parts.iter().collect(),
         }
@@ -120,6 +128,7 @@ impl Op {
             MatmulNt(..) => "matmul_nt",
             MatmulTn(..) => "matmul_tn",
             GroupNorm { .. } => "group_norm",
+            GroupNormSilu { .. } => "group_norm_silu",
             Conv2d { .. } => "conv2d",
             Upsample2x(..) => "upsample_nearest2x",
             Embedding(..) => "embedding",

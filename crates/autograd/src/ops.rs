@@ -7,6 +7,7 @@ use ddpm_tensor::ops::Conv2dParams;
 use ddpm_tensor::{Result, Shape, Tensor};
 
 use crate::op::Op;
+use crate::profile::{self, Pass};
 use crate::Var;
 
 impl Var {
@@ -14,24 +15,28 @@ impl Var {
 
     /// a + b, broadcasting.
     pub fn add(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("add", Pass::Forward);
         let v = self.value().add(&rhs.value())?;
         Ok(Var::from_op(v, Op::Add(self.clone(), rhs.clone())))
     }
 
     /// a - b, broadcasting.
     pub fn sub(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("sub", Pass::Forward);
         let v = self.value().sub(&rhs.value())?;
         Ok(Var::from_op(v, Op::Sub(self.clone(), rhs.clone())))
     }
 
     /// a * b elementwise, broadcasting.
     pub fn mul(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("mul", Pass::Forward);
         let v = self.value().mul(&rhs.value())?;
         Ok(Var::from_op(v, Op::Mul(self.clone(), rhs.clone())))
     }
 
     /// a / b elementwise, broadcasting.
     pub fn div(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("div", Pass::Forward);
         let v = self.value().div(&rhs.value())?;
         Ok(Var::from_op(v, Op::Div(self.clone(), rhs.clone())))
     }
@@ -39,43 +44,53 @@ impl Var {
     // ------------------------------------------------------------ unary
 
     pub fn neg(&self) -> Var {
+        let _timer = profile::scope("neg", Pass::Forward);
         Var::from_op(self.value().neg(), Op::Neg(self.clone()))
     }
 
     /// scale * x + shift.
     pub fn affine(&self, scale: f32, shift: f32) -> Var {
+        let _timer = profile::scope("affine", Pass::Forward);
         Var::from_op(self.value().affine(scale, shift), Op::Affine(self.clone(), scale))
     }
 
     pub fn exp(&self) -> Var {
+        let _timer = profile::scope("exp", Pass::Forward);
         Var::from_op(self.value().exp(), Op::Exp(self.clone()))
     }
 
     pub fn log(&self) -> Var {
+        let _timer = profile::scope("log", Pass::Forward);
         Var::from_op(self.value().log(), Op::Log(self.clone()))
     }
 
     pub fn sqrt(&self) -> Var {
+        let _timer = profile::scope("sqrt", Pass::Forward);
         Var::from_op(self.value().sqrt(), Op::Sqrt(self.clone()))
     }
 
     pub fn powf(&self, p: f32) -> Var {
+        let _timer = profile::scope("powf", Pass::Forward);
         Var::from_op(self.value().powf(p), Op::Powf(self.clone(), p))
     }
 
     pub fn tanh(&self) -> Var {
+        let _timer = profile::scope("tanh", Pass::Forward);
         Var::from_op(self.value().tanh(), Op::Tanh(self.clone()))
     }
 
     pub fn sigmoid(&self) -> Var {
+        let _timer = profile::scope("sigmoid", Pass::Forward);
         Var::from_op(self.value().sigmoid(), Op::Sigmoid(self.clone()))
     }
 
     pub fn silu(&self) -> Var {
+        let _timer = profile::scope("silu", Pass::Forward);
         Var::from_op(self.value().silu(), Op::Silu(self.clone()))
     }
 
     pub fn relu(&self) -> Var {
+        let _timer = profile::scope("relu", Pass::Forward);
         Var::from_op(self.value().relu(), Op::Relu(self.clone()))
     }
 
@@ -83,22 +98,26 @@ impl Var {
 
     /// Sum over `axes`; `keepdim` keeps them as extent 1.
     pub fn sum_axes(&self, axes: &[usize], keepdim: bool) -> Result<Var> {
+        let _timer = profile::scope("sum_axes", Pass::Forward);
         let v = self.value().sum_axes(axes, keepdim)?;
         Ok(Var::from_op(v, Op::SumAxes(self.clone(), axes.to_vec(), keepdim)))
     }
 
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Var> {
+        let _timer = profile::scope("reshape", Pass::Forward);
         let v = self.value().reshape(shape)?;
         Ok(Var::from_op(v, Op::Reshape(self.clone())))
     }
 
     pub fn permute(&self, perm: &[usize]) -> Result<Var> {
+        let _timer = profile::scope("permute", Pass::Forward);
         let v = self.value().permute(perm)?;
         Ok(Var::from_op(v, Op::Permute(self.clone(), perm.to_vec())))
     }
 
     /// Joins along `axis` (the U-Net's skip connections, on channels).
     pub fn concat(parts: &[&Var], axis: usize) -> Result<Var> {
+        let _timer = profile::scope("concat", Pass::Forward);
         let values: Vec<Tensor> = parts.iter().map(|p| p.value()).collect();
         let v = Tensor::concat(&values.iter().collect::<Vec<_>>(), axis)?;
         Ok(Var::from_op(v, Op::Concat(parts.iter().map(|&p| p.clone()).collect(), axis)))
@@ -106,18 +125,21 @@ impl Var {
 
     /// The slice start .. start + len of `axis`.
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Var> {
+        let _timer = profile::scope("narrow", Pass::Forward);
         let v = self.value().narrow(axis, start, len)?;
         Ok(Var::from_op(v, Op::Narrow(self.clone(), axis, start)))
     }
 
     /// Softmax over the last axis.
     pub fn softmax(&self) -> Result<Var> {
+        let _timer = profile::scope("softmax", Pass::Forward);
         let v = self.value().softmax()?;
         Ok(Var::from_op(v, Op::Softmax(self.clone())))
     }
 
     /// log(softmax(x)) over the last axis, computed stably.
     pub fn log_softmax(&self) -> Result<Var> {
+        let _timer = profile::scope("log_softmax", Pass::Forward);
         let v = self.value().log_softmax()?;
         Ok(Var::from_op(v, Op::LogSoftmax(self.clone())))
     }
@@ -126,18 +148,21 @@ impl Var {
 
     /// A B (batched or not).
     pub fn matmul(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("matmul", Pass::Forward);
         let v = self.value().matmul(&rhs.value())?;
         Ok(Var::from_op(v, Op::Matmul(self.clone(), rhs.clone())))
     }
 
     /// A B^T.
     pub fn matmul_nt(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("matmul_nt", Pass::Forward);
         let v = self.value().matmul_nt(&rhs.value())?;
         Ok(Var::from_op(v, Op::MatmulNt(self.clone(), rhs.clone())))
     }
 
     /// A^T B.
     pub fn matmul_tn(&self, rhs: &Var) -> Result<Var> {
+        let _timer = profile::scope("matmul_tn", Pass::Forward);
         let v = self.value().matmul_tn(&rhs.value())?;
         Ok(Var::from_op(v, Op::MatmulTn(self.clone(), rhs.clone())))
     }
@@ -146,6 +171,7 @@ impl Var {
 
     /// A 2-D convolution: x [N, C, H, W], weight [K, C, R, S], bias [K] -> [N, K, Ho, Wo].
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, params: Conv2dParams) -> Result<Var> {
+        let _timer = profile::scope("conv2d", Pass::Forward);
         let b = bias.map(|b| b.value());
         let y = self.value().conv2d(&weight.value(), b.as_ref(), params)?;
         let op = Op::Conv2d { x: self.clone(), weight: weight.clone(), bias: bias.cloned(), params };
@@ -154,19 +180,31 @@ impl Var {
 
     /// GroupNorm over [N, C, H, W] with `groups` groups, per-channel gamma and beta [C].
     pub fn group_norm(&self, groups: usize, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let _timer = profile::scope("group_norm", Pass::Forward);
         let (y, stats) = self.value().group_norm(groups, &gamma.value(), &beta.value(), eps)?;
         let op = Op::GroupNorm { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), groups, stats };
         Ok(Var::from_op(y, op))
     }
 
+    /// silu(GroupNorm(x)) as one op: the same numbers as `group_norm` then
+    /// `silu`, with half the memory traffic.
+    pub fn group_norm_silu(&self, groups: usize, gamma: &Var, beta: &Var, eps: f32) -> Result<Var> {
+        let _timer = profile::scope("group_norm_silu", Pass::Forward);
+        let (y, stats) = self.value().group_norm_silu(groups, &gamma.value(), &beta.value(), eps)?;
+        let op = Op::GroupNormSilu { x: self.clone(), gamma: gamma.clone(), beta: beta.clone(), groups, stats };
+        Ok(Var::from_op(y, op))
+    }
+
     /// [N, C, H, W] -> [N, C, 2H, 2W], each pixel repeated into a 2x2 block.
     pub fn upsample_nearest2x(&self) -> Result<Var> {
+        let _timer = profile::scope("upsample_nearest2x", Pass::Forward);
         let y = self.value().upsample_nearest2x()?;
         Ok(Var::from_op(y, Op::Upsample2x(self.clone())))
     }
 
     /// Rows of this [V, D] table: out[b] = table[indices[b]], [B, D].
     pub fn embedding(&self, indices: &[usize]) -> Result<Var> {
+        let _timer = profile::scope("embedding", Pass::Forward);
         let y = self.value().index_select_rows(indices)?;
         Ok(Var::from_op(y, Op::Embedding(self.clone(), indices.to_vec())))
     }

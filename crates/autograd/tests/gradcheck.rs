@@ -216,6 +216,14 @@ fn group_norm_all_three_inputs() {
 }
 
 #[test]
+fn group_norm_silu_fused() {
+    // y = silu(GroupNorm(x)): the chain rule through both, done by one fused rule.
+    let x = randn(&[2, 4, 3, 3], 55).affine(1.5, 0.3);
+    let (gamma, beta) = (randn(&[4], 56), randn(&[4], 57));
+    check(&[x, gamma, beta], |v| v[0].group_norm_silu(2, &v[1], &v[2], 1e-5));
+}
+
+#[test]
 fn upsample_nearest2x() {
     // Each input pixel is copied to 4 outputs: its gradient is their sum.
     check(&[randn(&[2, 3, 3, 2], 53)], |v| v[0].upsample_nearest2x());

@@ -22,6 +22,11 @@ impl GroupNorm {
     pub fn forward(&self, x: &Var) -> Result<Var> {
         x.group_norm(self.groups, &self.weight, &self.bias, Self::EPS)
     }
+
+    /// silu(GroupNorm(x)) as one fused op: the same numbers, half the memory traffic.
+    pub fn forward_silu(&self, x: &Var) -> Result<Var> {
+        x.group_norm_silu(self.groups, &self.weight, &self.bias, Self::EPS)
+    }
 }
 
 impl Module for GroupNorm {

@@ -35,11 +35,11 @@ impl ResBlock {
 
     /// x [N, Cin, H, W], temb [N, TEMB] -> [N, Cout, H, W].
     pub fn forward(&self, x: &Var, temb: &Var, mode: &mut Mode) -> Result<Var> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu())?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let t = self.temb_proj.forward(&temb.silu())?;
         let [n, c] = t.dims()[..] else { unreachable!("a linear layer's output is [N, C]") };
         let h = h.add(&t.reshape([n, c, 1, 1])?)?;
-        let h = self.conv2.forward(&dropout(&self.norm2.forward(&h)?.silu(), self.dropout, mode)?)?;
+        let h = self.conv2.forward(&dropout(&self.norm2.forward_silu(&h)?, self.dropout, mode)?)?;
         match &self.skip {
             Some(skip) => skip.forward(x)?.add(&h),
             None => x.add(&h),

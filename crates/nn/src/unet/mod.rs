@@ -162,7 +162,7 @@ impl UNet {
                 Block::Down(_) => unreachable!("no downsampling on the way up"),
             };
         }
-        self.out_conv.forward(&self.out_norm.forward(&h)?.silu())
+        self.out_conv.forward(&self.out_norm.forward_silu(&h)?)
     }
 }
 

@@ -33,6 +33,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
+use super::lanes::sum_f32;
 use super::{sgemm, sgemm_parallel, Transpose};
 use crate::pool;
 use crate::{Result, Shape, Tensor, TensorError};
@@ -627,21 +628,6 @@ pub fn conv2d_backward_bias(d_out: &Tensor) -> Result<Tensor> {
         d_out.as_slice().par_chunks_exact(k * ho * wo).map(per_sample).reduce(|| vec![0.0f64; k], add)
     };
     Ok(Tensor::from_parts(d_b.into_iter().map(|v| v as f32).collect(), Shape::new([k])))
-}
-
-/// A sum in 16 independent lanes: the compiler vectorises it, and the rounding error
-/// grows with len / 16 rather than len.
-fn sum_f32(v: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let chunks = v.chunks_exact(LANES);
-    let tail: f32 = chunks.remainder().iter().sum();
-    for chunk in chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a += x;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// The specification of [`Tensor::conv2d`]: the defining sum, one output at a time, in f64.

@@ -6,6 +6,7 @@ mod binary;
 mod conv2d;
 mod embedding;
 mod group_norm;
+mod lanes;
 mod layout;
 mod matmul;
 mod parallel;
@@ -19,7 +20,7 @@ pub use conv2d::{
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_input_reference, conv2d_backward_weight,
     conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
 };
-pub use group_norm::{group_norm_backward, group_norm_reference, GroupNormStats};
+pub use group_norm::{group_norm_backward, group_norm_reference, group_norm_silu_backward, GroupNormStats};
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
 pub use reduce::sum_axes_reference;
 pub use softmax::softmax_reference;
