@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 /// 0: not yet read from the environment, 1: off, 2: on.
 static STATE: AtomicU8 = AtomicU8::new(0);
 
+/// Calls and total time, per (op, pass).
+type Table = HashMap<(&'static str, Pass), (u64, Duration)>;
+
 thread_local! {
-    static TABLE: RefCell<HashMap<(&'static str, Pass), (u64, Duration)>> = RefCell::new(HashMap::new());
+    static TABLE: RefCell<Table> = RefCell::new(HashMap::new());
 }
 
 /// Which half of the computation a time belongs to.
@@ -71,7 +74,7 @@ pub fn report(steps: usize) -> Option<String> {
         return None;
     }
     let mut rows: Vec<_> = TABLE.with(|t| t.borrow().iter().map(|(&k, &v)| (k, v)).collect());
-    rows.sort_by(|a, b| b.1 .1.cmp(&a.1 .1));
+    rows.sort_by_key(|&(_, (_, time))| std::cmp::Reverse(time));
     let total: Duration = rows.iter().map(|r| r.1 .1).sum();
     let mut out = String::from("| op | pass | calls/step | ms/step | share |\n|---|---|--:|--:|--:|\n");
     for ((name, pass), (calls, time)) in rows {
