@@ -539,6 +539,9 @@ pub fn conv2d_backward_input(d_out: &Tensor, weight: &Tensor, input_shape: &Shap
     let op = "conv2d_backward_input";
     let g = Geometry::new(op, input_shape, weight.shape(), p)?;
     g.check_d_out(op, d_out)?;
+    if g.stride == 1 && g.r == g.s && g.pad < g.r && !g.is_pointwise() {
+        return transposed_as_convolution(&g, d_out, weight);
+    }
     let (d_y, w) = (d_out.as_slice(), weight.as_slice());
     // col2im adds into d_x, so it starts at zero.
     let mut d_x = pool::take_zeroed(g.n * g.input_len());
@@ -565,6 +568,30 @@ pub fn conv2d_backward_input(d_out: &Tensor, weight: &Tensor, input_shape: &Shap
         }
     });
     Ok(Tensor::from_parts(d_x, input_shape.clone()))
+}
+
+/// The input gradient of a stride-1 convolution is itself a convolution:
+///     d_x[c, y, x] = sum_{k,r,s} w[k, c, r, s] d_out[k, y + P - r, x + P - s]
+///                  = conv(d_out, w')[c, y, x] with padding R - 1 - P,
+/// where w'[c, k, r, s] = w[k, c, R-1-r, S-1-s] (channels swapped, taps flipped).
+/// That runs on the forward path: one GEMM per sample whose inner dimension is
+/// K*R*S, instead of a GEMM over only K followed by a scatter-add (col2im).
+fn transposed_as_convolution(g: &Geometry, d_out: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (k, c, r, s) = (g.k, g.c, g.r, g.s);
+    let w = weight.as_slice();
+    let mut flipped = pool::take(w.len());
+    for ki in 0..k {
+        for ci in 0..c {
+            for ri in 0..r {
+                for si in 0..s {
+                    flipped[((ci * k + ki) * r + ri) * s + si] =
+                        w[((ki * c + ci) * r + (r - 1 - ri)) * s + (s - 1 - si)];
+                }
+            }
+        }
+    }
+    let flipped = Tensor::from_parts(flipped, Shape::new([c, k, r, s]));
+    d_out.conv2d(&flipped, None, Conv2dParams { stride: 1, padding: g.r - 1 - g.pad })
 }
 
 /// d_weight [K, C, R, S] = sum over the batch of d_out_n [K, Ho*Wo] cols_n^T, from
