@@ -24,6 +24,25 @@ fn strides(t: Transpose, stored_cols: usize) -> (isize, isize) {
     }
 }
 
+/// Checks that the buffers hold the (M, K), (K, N) and (M, N) matrices and
+/// returns the row and column strides of A and B as read through `ta` / `tb`.
+#[allow(clippy::too_many_arguments)]
+fn operand_strides(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: &[f32],
+    ta: Transpose,
+    b: &[f32],
+    tb: Transpose,
+    c: &[f32],
+) -> [isize; 4] {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: buffers too small");
+    let (rsa, csa) = strides(ta, if ta == Transpose::No { k } else { m });
+    let (rsb, csb) = strides(tb, if tb == Transpose::No { n } else { k });
+    [rsa, csa, rsb, csb]
+}
+
 /// C = op(A) op(B) + beta * C on the calling thread. C is (M, N) row-major,
 /// op(A) is (M, K), op(B) is (K, N); A and B are stored row-major in the shape
 /// they have before `ta` / `tb`.
@@ -39,10 +58,8 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: buffers too small");
-    let (rsa, csa) = strides(ta, if ta == Transpose::No { k } else { m });
-    let (rsb, csb) = strides(tb, if tb == Transpose::No { n } else { k });
-    // SAFETY: the asserts above keep every index of the (m, k), (k, n) and
+    let [rsa, csa, rsb, csb] = operand_strides(m, k, n, a, ta, b, tb, c);
+    // SAFETY: operand_strides checked that every index of the (m, k), (k, n) and
     // (m, n) matrices, read with these strides, inside the three buffers.
     unsafe {
         matrixmultiply::sgemm(
@@ -97,9 +114,7 @@ pub fn sgemm_parallel(
     if tasks == 1 || (m * n * k) < (1 << 18) {
         return sgemm(m, k, n, a, ta, b, tb, beta, c);
     }
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "sgemm: buffers too small");
-    let (rsa, csa) = strides(ta, if ta == Transpose::No { k } else { m });
-    let (rsb, csb) = strides(tb, if tb == Transpose::No { n } else { k });
+    let [rsa, csa, rsb, csb] = operand_strides(m, k, n, a, ta, b, tb, c);
     let cp = SendPtr(c.as_mut_ptr());
     let split_rows = m >= n;
     let extent = if split_rows { m } else { n };
