@@ -362,9 +362,12 @@ fn split_side_by_side(m: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>,
 const PARALLEL_FLOPS: usize = 1 << 21;
 
 /// A GEMM is given at least this many columns (output positions) where the batch
-/// allows: with fewer, as at 7x7, matrixmultiply spends more time packing the
-/// weight, which it does on every call, than multiplying.
-const GEMM_COLUMNS: usize = 512;
+/// allows: with fewer, as at 7x7 (49), matrixmultiply spends more time packing the
+/// weight, which it does on every call, than multiplying. More is not better: each
+/// extra sample in a group costs a copy in and out of the side-by-side layout.
+/// Measured on the train step (batch 64): 1 -> tiny 259-277 images/s, 64 or 128 ->
+/// ~320, 512 -> ~304, 2048 -> ~278 (small: 37-50, ~59.5, ~55, ~52).
+const GEMM_COLUMNS: usize = 128;
 
 /// The signature shared by [`sgemm`] and [`sgemm_parallel`].
 type Gemm = fn(usize, usize, usize, &[f32], Transpose, &[f32], Transpose, f32, &mut [f32]);
@@ -489,7 +492,7 @@ fn group_d_out<'a>(g: &Geometry, d_y: &'a [f32], group: Range<usize>, buf: &'a m
 }
 
 impl Tensor {
-    /// 2-D convolution: x [N, C, H, W], weight [K, C, R, S], bias [K] -> y [N, K, Ho, Wo],
+    /// 2-D convolution: x `[N, C, H, W]`, weight `[K, C, R, S]`, bias `[K]` -> y `[N, K, Ho, Wo]`,
     /// Ho = (H + 2P - R) / stride + 1. Same numbers as `torch.nn.functional.conv2d`.
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
         let g = Geometry::new("conv2d", self.shape(), weight.shape(), p)?;
@@ -626,7 +629,7 @@ pub fn conv2d_backward_weight(input: &Tensor, d_out: &Tensor, weight_shape: &Sha
     Ok(Tensor::from_parts(d_w, weight_shape.clone()))
 }
 
-/// d_bias [K] = d_out [N, K, Ho, Wo] summed over N, Ho and Wo (each bias[k] is added
+/// d_bias `[K]` = d_out `[N, K, Ho, Wo]` summed over N, Ho and Wo (each `bias[k]` is added
 /// to every output of channel k).
 pub fn conv2d_backward_bias(d_out: &Tensor) -> Result<Tensor> {
     let &[_, k, ho, wo] = d_out.dims() else {
