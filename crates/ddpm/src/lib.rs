@@ -4,8 +4,11 @@
 //! - [`schedule`]: beta_t and everything derived from it, with the lecture's
 //!   a_t, b_t, abar_t, bbar_t as accessors.
 //! - [`loss`]: the training objective: random t, closed-form x_t, MSE on the noise.
+//! - [`sampler`]: DDPM ancestral sampling, DDIM, classifier-free guidance, and
+//!   where the lecture's sampling formula differs from the paper's.
 
 pub mod loss;
+pub mod sampler;
 pub mod schedule;
 
 pub use loss::train_loss;

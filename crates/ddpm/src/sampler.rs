@@ -1,0 +1,188 @@
+//! Turning noise into digits: the reverse process.
+//!
+//! Lecture: start from pure noise x_T and denoise step by step with the
+//! network's estimate of the noise, e = f(x_t, t). Its formula,
+//!
+//! ```text
+//! x_{t-1} = (x_t - b_t e) / a_t,
+//! ```
+//!
+//! simplifies two things the DDPM paper (Ho et al. 2020, Algorithm 2) keeps:
+//! 1. the noise estimate is scaled by b_t^2 / bbar_t (paper: beta_t / sqrt(1 - alphabar_t)),
+//!    not b_t: e predicts the *total* noise in x_t, of size bbar_t, of which one
+//!    step removes only the part b_t^2 / bbar_t;
+//! 2. fresh noise sigma_t z is added back at every step but the last
+//!    (sigma_t^2 = beta_t = b_t^2 here), which keeps the samples diverse
+//!    instead of collapsing to the blurry mean.
+//!
+//! The correct step, in the lecture's notation:
+//!
+//! ```text
+//! x_{t-1} = (x_t - (b_t^2 / bbar_t) e) / a_t + b_t z,   z ~ N(0, I), z = 0 at t = 0.
+//! ```
+//!
+//! DDIM (Song et al. 2021) reuses the same network with a non-Markovian
+//! process that can skip steps: from x_t it estimates x_0, then moves to an
+//! earlier t_prev along the predicted noise direction (eta = 0: deterministic).
+
+use ddpm_autograd::{no_grad, Result, Tensor, TensorError, Var};
+use ddpm_nn::layers::Mode;
+use ddpm_nn::UNet;
+use rand::rngs::StdRng;
+
+use crate::Schedule;
+
+/// One DDPM ancestral step x_t -> x_{t-1} (paper Algorithm 2, line 4), as the
+/// reference computes it: coefficients in f64, rounded to f32, arithmetic in f32.
+/// `z` is ignored at t = 0.
+pub fn ddpm_step(schedule: &Schedule, x: &Tensor, t: usize, eps_hat: &Tensor, z: &Tensor) -> Result<Tensor> {
+    eps_hat.expect_shape("ddpm_step", x.shape())?;
+    z.expect_shape("ddpm_step", x.shape())?;
+    let (b, a, ab) = (schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]);
+    // b_t^2 / bbar_t in the lecture's notation, beta_t / sqrt(1 - alphabar_t) in the paper's.
+    let eps_coef = (b / (1.0 - ab).sqrt()) as f32;
+    let sqrt_a = a.sqrt() as f32; // a_t
+    let sigma = if t > 0 { b.sqrt() as f32 } else { 0.0 }; // b_t, or no noise at the last step
+    let mut out = x.to_vec();
+    for ((o, &e), &z) in out.iter_mut().zip(eps_hat.as_slice()).zip(z.as_slice()) {
+        *o = (*o - eps_coef * e) / sqrt_a + sigma * z;
+    }
+    Tensor::from_vec(out, x.shape().clone())
+}
+
+/// The DDIM timesteps of the reference: [(steps-1) k, ..., k, 0] with k = T / steps.
+pub fn ddim_timesteps(timesteps: usize, steps: usize) -> Vec<usize> {
+    let k = timesteps / steps;
+    (0..steps).rev().map(|i| i * k).collect()
+}
+
+/// One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12), in f64 as the
+/// reference; `t_prev = None` means "to x_0" (alphabar_prev = 1).
+pub fn ddim_step(
+    schedule: &Schedule,
+    x: &Tensor,
+    t: usize,
+    t_prev: Option<usize>,
+    eps_hat: &Tensor,
+    z: &Tensor,
+    eta: f64,
+) -> Result<Tensor> {
+    eps_hat.expect_shape("ddim_step", x.shape())?;
+    z.expect_shape("ddim_step", x.shape())?;
+    let ab = schedule.alphas_cumprod[t];
+    let ab_prev = t_prev.map_or(1.0, |p| schedule.alphas_cumprod[p]);
+    let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt();
+    let dir = (1.0 - ab_prev - sigma * sigma).sqrt();
+    let out: Vec<f32> = x
+        .as_slice()
+        .iter()
+        .zip(eps_hat.as_slice())
+        .zip(z.as_slice())
+        .map(|((&x, &e), &z)| {
+            let (x, e, z) = (x as f64, e as f64, z as f64);
+            // The network's estimate of x_0: invert x_t = abar_t x_0 + bbar_t e.
+            let x0 = (x - (1.0 - ab).sqrt() * e) / ab.sqrt();
+            (ab_prev.sqrt() * x0 + dir * e + sigma * z) as f32
+        })
+        .collect();
+    Tensor::from_vec(out, x.shape().clone())
+}
+
+/// What the sampler conditions on.
+#[derive(Debug, Clone, Copy)]
+pub struct Conditioning<'a> {
+    /// One digit per image, or `None` for unconditional sampling.
+    pub labels: Option<&'a [usize]>,
+    /// Classifier-free guidance weight w: eps = (1 + w) eps(x, t, y) - w eps(x, t, null).
+    pub guidance: f32,
+}
+
+impl Conditioning<'_> {
+    pub const UNCONDITIONAL: Conditioning<'static> = Conditioning { labels: None, guidance: 0.0 };
+}
+
+/// The network's noise estimate at x_t, with classifier-free guidance when
+/// asked for: both predictions come from one forward pass over [x; x] with
+/// labels [y; null].
+pub fn predict_noise(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -> Result<Tensor> {
+    let n = x.dims()[0];
+    no_grad(|| match cond.labels {
+        Some(y) if cond.guidance != 0.0 => {
+            let both = Tensor::concat(&[x, x], 0)?;
+            let labels: Vec<usize> = y.iter().copied().chain(std::iter::repeat_n(model.num_classes, n)).collect();
+            let eps = model.forward(&Var::constant(both), &vec![t; 2 * n], Some(&labels), &mut Mode::Eval)?.value();
+            let (with, without) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
+            let w = cond.guidance;
+            with.zip_map(&without, |c, u| (1.0 + w) * c - w * u)
+        }
+        labels => Ok(model.forward(&Var::constant(x.clone()), &vec![t; n], labels, &mut Mode::Eval)?.value()),
+    })
+}
+
+/// DDIM from a given x_T: deterministic for eta = 0 (the same x_T, weights and
+/// labels give the same images). `rng` draws z only when eta > 0.
+/// Returns x_0 clamped to [-1, 1].
+pub fn sample_ddim(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    steps: usize,
+    eta: f64,
+    cond: Conditioning,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    Ok(ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, rng)?.clamp(-1.0, 1.0))
+}
+
+/// The DDIM loop's last x, before the final clamp to the pixel range.
+pub fn ddim_trajectory_end(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    steps: usize,
+    eta: f64,
+    cond: Conditioning,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    if steps == 0 || steps > schedule.timesteps() {
+        return Err(TensorError::invalid("sample_ddim", format!("steps must be 1 ..= {}", schedule.timesteps())));
+    }
+    let ts = ddim_timesteps(schedule.timesteps(), steps);
+    let mut x = x_t.clone();
+    for (i, &t) in ts.iter().enumerate() {
+        let eps = predict_noise(model, &x, t, cond)?;
+        let z = if eta > 0.0 { Tensor::randn(x.shape().clone(), rng) } else { x.zeros_like() };
+        x = ddim_step(schedule, &x, t, ts.get(i + 1).copied(), &eps, &z, eta)?;
+    }
+    Ok(x)
+}
+
+/// DDPM ancestral sampling over all T steps from x_T ~ N(0, I) (paper Algorithm 2).
+/// Returns x_0 clamped to [-1, 1].
+pub fn sample_ddpm(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    cond: Conditioning,
+    rng: &mut StdRng,
+) -> Result<Tensor> {
+    let mut x = x_t.clone();
+    for t in (0..schedule.timesteps()).rev() {
+        let eps = predict_noise(model, &x, t, cond)?;
+        let z = Tensor::randn(x.shape().clone(), rng);
+        x = ddpm_step(schedule, &x, t, &eps, &z)?;
+    }
+    Ok(x.clamp(-1.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ddim_timesteps_follow_the_reference() {
+        assert_eq!(ddim_timesteps(1000, 10), vec![900, 800, 700, 600, 500, 400, 300, 200, 100, 0]);
+        assert_eq!(ddim_timesteps(1000, 3), vec![666, 333, 0]);
+        assert_eq!(ddim_timesteps(1000, 50)[0], 980);
+    }
+}
