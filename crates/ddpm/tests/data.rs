@@ -1,0 +1,153 @@
+//! The IDX reader on the real files and on every kind of broken one.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ddpm::data::{
+    locate, read_images, read_labels, Batches, Split, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+};
+use flate2::{write::GzEncoder, Compression};
+use rand::{rngs::StdRng, SeedableRng};
+
+/// `../shared/data/mnist` beside the checkout, where CI and these machines have it.
+fn shared_mnist() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    dir.join(format!("{TRAIN_IMAGES}.gz")).exists().then_some(dir)
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-data-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An IDX image file: magic, count, rows, cols, then the pixels.
+fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
+    let mut v = vec![];
+    for x in [0x0803, count, rows, cols] {
+        v.extend(x.to_be_bytes());
+    }
+    v.extend(pixels);
+    v
+}
+
+fn idx_labels(labels: &[u8]) -> Vec<u8> {
+    let mut v = vec![];
+    for x in [0x0801, labels.len() as u32] {
+        v.extend(x.to_be_bytes());
+    }
+    v.extend(labels);
+    v
+}
+
+fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(vec![], Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[test]
+fn the_shared_mnist_reads_with_the_counts_of_its_headers() {
+    let Some(dir) = shared_mnist() else {
+        eprintln!("skipped: ../shared/data/mnist is not beside this checkout");
+        return;
+    };
+    let train = Split::load(&dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap();
+    let test = Split::load(&dir, TEST_IMAGES, TEST_LABELS).unwrap();
+    assert_eq!((train.len(), test.len()), (10_000, 10_000));
+    assert_eq!((train.images.rows, train.images.cols), (28, 28));
+    // Every digit is there, and pixels scale to [-1, 1] with the background at -1.
+    for d in 0..10u8 {
+        assert!(train.labels.iter().filter(|&&l| l == d).count() > 800, "digit {d}");
+    }
+    let (x, y) = train.batch(&[0, 1, 2]);
+    assert_eq!(x.dims(), &[3, 1, 28, 28]);
+    assert_eq!(y.len(), 3);
+    let (lo, hi) = x.as_slice().iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    assert_eq!(lo, -1.0);
+    assert!(hi > 0.9 && hi <= 1.0);
+}
+
+#[test]
+fn plain_and_gzip_files_read_the_same() {
+    let dir = temp_dir("roundtrip");
+    let pixels: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8 * 10).collect();
+    write(&dir, &format!("{TRAIN_IMAGES}.gz"), &gz(&idx_images(2, 3, 4, &pixels)));
+    write(&dir, TRAIN_LABELS, &idx_labels(&[7, 3]));
+    let split = Split::load(&dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap();
+    assert_eq!((split.images.count, split.images.rows, split.images.cols), (2, 3, 4));
+    assert_eq!(split.images.pixels, pixels);
+    assert_eq!(split.labels, vec![7, 3]);
+}
+
+#[test]
+fn broken_files_are_refused_with_a_message_naming_them() {
+    let dir = temp_dir("broken");
+    let good = idx_images(2, 2, 2, &[0; 8]);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("wrong-magic", idx_labels(&[1, 2]), "magic number 0x00000801, expected 0x00000803"),
+        ("truncated", good[..20].to_vec(), "truncated: the header promises 8 bytes of data, the file has 4"),
+        ("short-header", good[..6].to_vec(), "truncated"),
+        ("trailing", [good.clone(), vec![0; 3]].concat(), "3 bytes after the data"),
+        ("huge-header", idx_images(u32::MAX, u32::MAX, u32::MAX, &[0; 8]), "truncated"),
+        ("bad-gzip", gz(&good)[..20].to_vec(), "not a valid gzip stream"),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = write(&dir, name, &bytes);
+        let e = read_images(&path).unwrap_err().to_string();
+        assert!(e.contains(name) && e.contains(expected), "{name}: {e}");
+    }
+    let path = write(&dir, "labels-not-digits", &idx_labels(&[3, 12]));
+    let e = read_labels(&path).unwrap_err().to_string();
+    assert!(e.contains("label 12 at index 1"), "{e}");
+    let e = read_images(&dir.join("missing")).unwrap_err().to_string();
+    assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+}
+
+#[test]
+fn images_and_labels_must_agree_in_count() {
+    let dir = temp_dir("mismatch");
+    write(&dir, TRAIN_IMAGES, &idx_images(3, 1, 1, &[0; 3]));
+    write(&dir, TRAIN_LABELS, &idx_labels(&[1, 2]));
+    let e = Split::load(&dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap_err().to_string();
+    assert!(e.starts_with("3 images but 2 labels"), "{e}");
+}
+
+#[test]
+fn lookup_follows_flag_then_environment_then_default() {
+    let (a, b) = (temp_dir("lookup-a"), temp_dir("lookup-b"));
+    write(&b, TRAIN_IMAGES, &idx_images(1, 1, 1, &[0]));
+    // The flag wins when it holds data; otherwise the environment is next.
+    assert_eq!(locate("mnist", Some(&b), None).unwrap(), b);
+    assert_eq!(locate("mnist", Some(&a), Some(&b)).unwrap(), b);
+    let e = locate("fashion-mnist", Some(&a), None).unwrap_err().to_string();
+    assert!(e.contains("--data-dir") && e.contains("$DDPM_DATA (not set)") && e.contains("data/fashion-mnist"), "{e}");
+    assert!(e.contains("cargo xtask data"), "{e}");
+}
+
+#[test]
+fn batches_are_full_shuffled_and_reproducible() {
+    let draw = |seed| {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut b = Batches::new(10, 3, &mut rng).unwrap();
+        let batches: Vec<Vec<usize>> = (0..6).map(|_| b.next_indices(&mut rng).to_vec()).collect();
+        (batches, b.epoch)
+    };
+    let (batches, epochs) = draw(1);
+    assert_eq!(draw(1).0, batches);
+    assert_ne!(draw(2).0, batches);
+    assert!(batches.iter().all(|b| b.len() == 3));
+    // 3 full batches per epoch of 10: the first three are distinct indices.
+    let mut first: Vec<usize> = batches[..3].concat();
+    first.sort();
+    first.dedup();
+    assert_eq!(first.len(), 9);
+    assert_eq!(epochs, 1);
+    assert!(Batches::new(2, 3, &mut StdRng::seed_from_u64(0)).is_err());
+}
