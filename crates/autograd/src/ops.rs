@@ -250,16 +250,8 @@ impl Var {
 
     /// Cuts `axis` into consecutive pieces of the given sizes.
     pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Var>> {
-        self.value().split(axis, sizes)?; // validates, so the narrows below cannot fail
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&len| {
-                let piece = self.narrow(axis, start, len);
-                start += len;
-                piece
-            })
-            .collect()
+        let ranges = ddpm_tensor::ops::split_ranges(&self.shape(), axis, sizes)?;
+        ranges.into_iter().map(|(start, len)| self.narrow(axis, start, len)).collect()
     }
 
     /// Mean squared error, mean((a - b)^2): the DDPM loss on the noise.

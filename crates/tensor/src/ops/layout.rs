@@ -112,23 +112,24 @@ impl Tensor {
 
     /// Cuts `axis` into consecutive pieces of the given sizes (the inverse of concat).
     pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
-        self.shape().check_axis("split", axis)?;
-        if sizes.iter().sum::<usize>() != self.dims()[axis] {
-            return Err(TensorError::invalid(
-                "split",
-                format!("sizes {sizes:?} do not add up to axis {axis} of {}", self.shape()),
-            ));
-        }
-        let mut start = 0;
-        sizes
-            .iter()
-            .map(|&len| {
-                let piece = self.narrow(axis, start, len);
-                start += len;
-                piece
-            })
-            .collect()
+        split_ranges(self.shape(), axis, sizes)?.into_iter().map(|(start, len)| self.narrow(axis, start, len)).collect()
     }
+}
+
+/// The (start, len) of each piece when `axis` of `shape` is cut into `sizes`,
+/// after checking that the sizes add up to the axis: what [`Tensor::split`]
+/// narrows to, and what a graph-recording split narrows to as well.
+pub fn split_ranges(shape: &Shape, axis: usize, sizes: &[usize]) -> Result<Vec<(usize, usize)>> {
+    shape.check_axis("split", axis)?;
+    if sizes.iter().sum::<usize>() != shape.dims()[axis] {
+        return Err(TensorError::invalid("split", format!("sizes {sizes:?} do not add up to axis {axis} of {shape}")));
+    }
+    let starts = sizes.iter().scan(0, |start, &len| {
+        let piece = (*start, len);
+        *start += len;
+        Some(piece)
+    });
+    Ok(starts.collect())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub use conv2d::{
     conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
 };
 pub use group_norm::{group_norm_backward, group_norm_reference, group_norm_silu_backward, GroupNormStats};
+pub use layout::split_ranges;
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
 pub use reduce::sum_axes_reference;
 pub use softmax::softmax_reference;
