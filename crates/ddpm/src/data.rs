@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use ddpm_autograd::Tensor;
 use flate2::read::GzDecoder;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 /// Why a data file or folder was refused. Every message names the file.
@@ -197,36 +196,58 @@ pub fn locate(dataset: &str, given: Option<&Path>, env: Option<&Path>) -> Result
     })
 }
 
-/// Shuffled mini-batches over a split, epoch after epoch, reproducible from the seed.
+/// Shuffled mini-batches over a split, epoch after epoch.
+///
+/// The batch of training step k is a pure function of (seed, k): epoch
+/// e = k / batches_per_epoch is a permutation drawn from a generator seeded by
+/// (seed, e), and the step takes the next `batch` indices of it. So a run
+/// resumed at step k sees exactly the batches an uninterrupted run would, with
+/// no generator state to save. An epoch's short remainder is skipped: batches
+/// are always full.
 pub struct Batches {
-    order: Vec<usize>,
-    next: usize,
+    seed: u64,
+    len: usize,
     batch: usize,
-    /// Completed passes over the data.
-    pub epoch: usize,
+    /// The epoch whose order is in `order`.
+    epoch: u64,
+    order: Vec<usize>,
 }
 
 impl Batches {
     /// Batches of `batch` indices out of `0..len`; `batch` must be 1 ..= len.
-    pub fn new(len: usize, batch: usize, rng: &mut StdRng) -> Result<Batches, String> {
+    pub fn new(len: usize, batch: usize, seed: u64) -> Result<Batches, String> {
         if batch == 0 || batch > len {
             return Err(format!("a batch of {batch} does not fit a data set of {len} images"));
         }
-        let mut order: Vec<usize> = (0..len).collect();
-        order.shuffle(rng);
-        Ok(Batches { order, next: 0, batch, epoch: 0 })
+        let mut batches = Batches { seed, len, batch, epoch: 0, order: vec![] };
+        batches.shuffle(0);
+        Ok(batches)
     }
 
-    /// The indices of the next batch. Batches are always full: an epoch's
-    /// short remainder is skipped and the order reshuffled for the next epoch.
-    pub fn next_indices(&mut self, rng: &mut StdRng) -> &[usize] {
-        if self.next + self.batch > self.order.len() {
-            self.epoch += 1;
-            self.order.shuffle(rng);
-            self.next = 0;
+    /// Full batches in one pass over the data.
+    pub fn per_epoch(&self) -> u64 {
+        (self.len / self.batch) as u64
+    }
+
+    /// The epoch training step `step` belongs to (0 for the first pass).
+    pub fn epoch_of(&self, step: u64) -> u64 {
+        step / self.per_epoch()
+    }
+
+    /// The indices of training step `step`'s batch.
+    pub fn indices(&mut self, step: u64) -> &[usize] {
+        let epoch = self.epoch_of(step);
+        if epoch != self.epoch {
+            self.shuffle(epoch);
         }
-        let start = self.next;
-        self.next += self.batch;
-        &self.order[start..self.next]
+        let start = (step % self.per_epoch()) as usize * self.batch;
+        &self.order[start..start + self.batch]
+    }
+
+    fn shuffle(&mut self, epoch: u64) {
+        let mut rng = crate::rng::stream(self.seed, crate::rng::Stream::Shuffle, epoch);
+        self.order = (0..self.len).collect();
+        self.order.shuffle(&mut rng);
+        self.epoch = epoch;
     }
 }

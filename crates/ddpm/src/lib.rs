@@ -5,13 +5,19 @@
 //!   a_t, b_t, abar_t, bbar_t as accessors.
 //! - [`data`]: MNIST-format IDX files, checked, and shuffled batches in [-1, 1].
 //! - [`loss`]: the training objective: random t, closed-form x_t, MSE on the noise.
+//! - [`train`]: one training step (Adam with warm-up, clipping, EMA, label
+//!   dropout) and a resumable training state.
+//! - [`rng`]: the seeded random streams that make a resumed run exact.
 //! - [`sampler`]: DDPM ancestral sampling, DDIM, classifier-free guidance, and
 //!   where the lecture's sampling formula differs from the paper's.
 
 pub mod data;
 pub mod loss;
+pub mod rng;
 pub mod sampler;
 pub mod schedule;
+pub mod train;
 
 pub use loss::train_loss;
 pub use schedule::{Schedule, ScheduleKind};
+pub use train::{TrainConfig, Trainer};

@@ -7,7 +7,6 @@ use ddpm::data::{
     locate, read_images, read_labels, Batches, Split, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
 };
 use flate2::{write::GzEncoder, Compression};
-use rand::{rngs::StdRng, SeedableRng};
 
 /// `../shared/data/mnist` beside the checkout, where CI and these machines have it.
 fn shared_mnist() -> Option<PathBuf> {
@@ -132,22 +131,27 @@ fn lookup_follows_flag_then_environment_then_default() {
 }
 
 #[test]
-fn batches_are_full_shuffled_and_reproducible() {
+fn batches_are_full_shuffled_and_a_function_of_seed_and_step() {
     let draw = |seed| {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut b = Batches::new(10, 3, &mut rng).unwrap();
-        let batches: Vec<Vec<usize>> = (0..6).map(|_| b.next_indices(&mut rng).to_vec()).collect();
-        (batches, b.epoch)
+        let mut b = Batches::new(10, 3, seed).unwrap();
+        (0..6).map(|step| b.indices(step).to_vec()).collect::<Vec<_>>()
     };
-    let (batches, epochs) = draw(1);
-    assert_eq!(draw(1).0, batches);
-    assert_ne!(draw(2).0, batches);
+    let batches = draw(1);
+    assert_eq!(draw(1), batches);
+    assert_ne!(draw(2), batches);
     assert!(batches.iter().all(|b| b.len() == 3));
     // 3 full batches per epoch of 10: the first three are distinct indices.
     let mut first: Vec<usize> = batches[..3].concat();
     first.sort();
     first.dedup();
     assert_eq!(first.len(), 9);
-    assert_eq!(epochs, 1);
-    assert!(Batches::new(2, 3, &mut StdRng::seed_from_u64(0)).is_err());
+    // The next epoch is another permutation.
+    assert_ne!(batches[3..6], batches[..3]);
+    let b = Batches::new(10, 3, 1).unwrap();
+    assert_eq!((b.per_epoch(), b.epoch_of(2), b.epoch_of(3)), (3, 0, 1));
+    // Asking for step 4 first (a resumed run) gives what the sequence gave.
+    let mut resumed = Batches::new(10, 3, 1).unwrap();
+    assert_eq!(resumed.indices(4), batches[4].as_slice());
+    assert_eq!(resumed.indices(1), batches[1].as_slice());
+    assert!(Batches::new(2, 3, 0).is_err());
 }
