@@ -1,8 +1,8 @@
 //! `cargo xtask <job>`: the project's main jobs, run in release mode through
 //! the alias in `.cargo/config.toml`.
 //!
-//! Only the command-line surface exists so far. Each job that is not built yet
-//! says so and exits non-zero, naming the issue that brings it; none pretends.
+//! A job that is not built yet says so and exits non-zero, naming the issue
+//! that brings it; none pretends.
 
 use std::process::ExitCode;
 
@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod device;
+mod download;
+mod lecture;
+mod npy;
+mod picture;
+mod sample;
+mod train;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "DDPM from scratch: train, sample, evaluate, benchmark")]
@@ -21,16 +27,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Job {
-    /// Train a U-Net on MNIST (not built yet).
-    Train(Pending),
-    /// Generate digits from a checkpoint (not built yet).
-    Sample(Pending),
+    /// Train a U-Net on MNIST: model, resumable state, log, samples and loss curve in --out.
+    Train(train::TrainArgs),
+    /// Generate digits from a checkpoint: a PNG grid, optionally .npy, a GIF and a strip of the chain.
+    Sample(sample::SampleArgs),
     /// Judge samples with an MNIST classifier (not built yet).
     Eval(Pending),
-    /// Download and verify MNIST (not built yet).
-    Data(Pending),
-    /// Walk through the lecture in numbers and pictures (not built yet).
-    Lecture(Pending),
+    /// Download MNIST or Fashion-MNIST from the public mirrors and verify the checksums.
+    Data(download::DataArgs),
+    /// Walk through the lecture in numbers and pictures.
+    Lecture(lecture::LectureArgs),
     /// Images/s of the train step or the sampler's network evaluations.
     Bench(bench::BenchArgs),
 }
@@ -56,13 +62,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let (name, issue) = match cli.job {
-        Job::Train(_) => ("train", "#4 (DDPM end to end)"),
-        Job::Sample(_) => ("sample", "#4 (DDPM end to end)"),
-        Job::Data(_) => ("data", "#4 (DDPM end to end)"),
-        Job::Lecture(_) => ("lecture", "#4 (DDPM end to end)"),
-        Job::Eval(_) => ("eval", "#5 (judge the samples)"),
-        Job::Bench(args) => return bench::run(args),
-    };
-    bail!("`cargo xtask {name}` is not built yet: it arrives with issue {issue}")
+    match cli.job {
+        Job::Train(args) => train::run(args),
+        Job::Sample(args) => sample::run(args),
+        Job::Data(args) => download::run(args),
+        Job::Lecture(args) => lecture::run(args),
+        Job::Eval(_) => bail!("`cargo xtask eval` is not built yet: it arrives with issue #5 (judge the samples)"),
+        Job::Bench(args) => bench::run(args),
+    }
 }

@@ -119,6 +119,83 @@ pub fn predict_noise(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -> 
     })
 }
 
+/// The lecture's literal sampling step, x_{t-1} = (x_t - b_t e) / a_t: no
+/// noise added back, and the noise estimate scaled by b_t instead of
+/// b_t^2 / bbar_t. Kept to show why it fails: e estimates the *whole* noise
+/// bbar_t e of x_t, so subtracting b_t e removes far more than one step's worth
+/// when t is small (b_t >> b_t^2 / bbar_t) and far less when bbar_t is near 1,
+/// and without fresh noise every image slides to the same over-smoothed
+/// average. `cargo xtask lecture` draws both.
+pub fn lecture_step(schedule: &Schedule, x: &Tensor, t: usize, eps_hat: &Tensor) -> Result<Tensor> {
+    eps_hat.expect_shape("lecture_step", x.shape())?;
+    let (a, b) = (schedule.a(t) as f32, schedule.b(t) as f32);
+    x.zip_map(eps_hat, |x, e| (x - b * e) / a)
+}
+
+/// Which reverse process to run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Method {
+    /// DDPM ancestral sampling over all T steps (Ho et al., Algorithm 2).
+    Ddpm,
+    /// DDIM over `steps` evenly spaced timesteps; eta = 0 is deterministic.
+    Ddim { steps: usize, eta: f64 },
+    /// The lecture's simplified formula over all T steps ([`lecture_step`]).
+    Lecture,
+}
+
+impl Method {
+    /// The timesteps the loop visits, first to last.
+    pub fn timesteps(&self, schedule: &Schedule) -> Vec<usize> {
+        match *self {
+            Method::Ddim { steps, .. } => ddim_timesteps(schedule.timesteps(), steps),
+            Method::Ddpm | Method::Lecture => (0..schedule.timesteps()).rev().collect(),
+        }
+    }
+
+    /// Network evaluations per image (twice that with guidance).
+    pub fn num_steps(&self, schedule: &Schedule) -> usize {
+        self.timesteps(schedule).len()
+    }
+}
+
+/// Runs the reverse process from x_T and returns the last x before the final
+/// clamp to [-1, 1]. `observe(i, t, x)` sees the state after each step i (at
+/// timestep t): for a progress bar, or frames of the denoising chain.
+/// Noise comes from `rng`: at every DDPM step, and at DDIM steps when eta > 0.
+pub fn run(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    method: Method,
+    cond: Conditioning,
+    rng: &mut StdRng,
+    observe: &mut dyn FnMut(usize, usize, &Tensor),
+) -> Result<Tensor> {
+    if let Method::Ddim { steps, eta } = method {
+        if steps == 0 || steps > schedule.timesteps() {
+            return Err(TensorError::invalid("sample_ddim", format!("steps must be 1 ..= {}", schedule.timesteps())));
+        }
+        if !(eta >= 0.0 && eta.is_finite()) {
+            return Err(TensorError::invalid("sample_ddim", format!("eta must be >= 0, not {eta}")));
+        }
+    }
+    let ts = method.timesteps(schedule);
+    let mut x = x_t.clone();
+    for (i, &t) in ts.iter().enumerate() {
+        let eps = predict_noise(model, &x, t, cond)?;
+        x = match method {
+            Method::Ddpm => ddpm_step(schedule, &x, t, &eps, &Tensor::randn(x.shape().clone(), rng))?,
+            Method::Ddim { eta, .. } => {
+                let z = if eta > 0.0 { Tensor::randn(x.shape().clone(), rng) } else { x.zeros_like() };
+                ddim_step(schedule, &x, t, ts.get(i + 1).copied(), &eps, &z, eta)?
+            }
+            Method::Lecture => lecture_step(schedule, &x, t, &eps)?,
+        };
+        observe(i, t, &x);
+    }
+    Ok(x)
+}
+
 /// DDIM from a given x_T: deterministic for eta = 0 (the same x_T, weights and
 /// labels give the same images). `rng` draws z only when eta > 0.
 /// Returns x_0 clamped to [-1, 1].
@@ -144,17 +221,7 @@ pub fn ddim_trajectory_end(
     cond: Conditioning,
     rng: &mut StdRng,
 ) -> Result<Tensor> {
-    if steps == 0 || steps > schedule.timesteps() {
-        return Err(TensorError::invalid("sample_ddim", format!("steps must be 1 ..= {}", schedule.timesteps())));
-    }
-    let ts = ddim_timesteps(schedule.timesteps(), steps);
-    let mut x = x_t.clone();
-    for (i, &t) in ts.iter().enumerate() {
-        let eps = predict_noise(model, &x, t, cond)?;
-        let z = if eta > 0.0 { Tensor::randn(x.shape().clone(), rng) } else { x.zeros_like() };
-        x = ddim_step(schedule, &x, t, ts.get(i + 1).copied(), &eps, &z, eta)?;
-    }
-    Ok(x)
+    run(model, schedule, x_t, Method::Ddim { steps, eta }, cond, rng, &mut |_, _, _| {})
 }
 
 /// DDPM ancestral sampling over all T steps from x_T ~ N(0, I) (paper Algorithm 2).
@@ -166,13 +233,7 @@ pub fn sample_ddpm(
     cond: Conditioning,
     rng: &mut StdRng,
 ) -> Result<Tensor> {
-    let mut x = x_t.clone();
-    for t in (0..schedule.timesteps()).rev() {
-        let eps = predict_noise(model, &x, t, cond)?;
-        let z = Tensor::randn(x.shape().clone(), rng);
-        x = ddpm_step(schedule, &x, t, &eps, &z)?;
-    }
-    Ok(x.clamp(-1.0, 1.0))
+    Ok(run(model, schedule, x_t, Method::Ddpm, cond, rng, &mut |_, _, _| {})?.clamp(-1.0, 1.0))
 }
 
 #[cfg(test)]

@@ -295,7 +295,8 @@ impl Trainer {
     pub fn save_state(&self, path: &Path) -> Result<(), TrainError> {
         let (m, v) = self.adam.moments();
         let mut tensors = vec![];
-        for (part, values) in [("model", None), ("ema", Some(self.ema.shadow())), ("adam.m", Some(m)), ("adam.v", Some(v))]
+        for (part, values) in
+            [("model", None), ("ema", Some(self.ema.shadow())), ("adam.m", Some(m)), ("adam.v", Some(v))]
         {
             for (i, (name, p)) in self.named.iter().enumerate() {
                 let value = values.map_or_else(|| p.value(), |vs| vs[i].clone());
@@ -313,16 +314,19 @@ impl Trainer {
         Ok(())
     }
 
+    /// The settings of the run saved at `path`.
+    pub fn saved_config(path: &Path) -> Result<TrainConfig, TrainError> {
+        let (_, meta) = checkpoint::load_tensors(path)?;
+        config_of_state(path, &meta)
+    }
+
     /// Continues the run saved at `path`. `config` must equal the saved one
     /// and `data_len` the saved data set's size: anything else would not be
     /// the same run, and is refused with the settings that differ.
     pub fn resume(path: &Path, config: &TrainConfig, data_len: usize) -> Result<Trainer, TrainError> {
         let state_error = |reason: String| TrainError::State { path: path.to_path_buf(), reason };
         let (mut tensors, meta) = checkpoint::load_tensors(path)?;
-        if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
-            return Err(state_error(format!("not a training state (no \"format\": \"{STATE_FORMAT}\" entry)")));
-        }
-        let saved = TrainConfig::from_map(&meta).map_err(state_error)?;
+        let saved = config_of_state(path, &meta)?;
         let differences = saved.differences(config);
         if !differences.is_empty() {
             return Err(state_error(format!(
@@ -349,7 +353,9 @@ impl Trainer {
                     let key = format!("{part}/{name}");
                     match tensors.remove(&key) {
                         Some(t) if t.shape() == &p.shape() => Ok(t),
-                        Some(t) => Err(state_error(format!("\"{key}\" has shape {}, expected {}", t.shape(), p.shape()))),
+                        Some(t) => {
+                            Err(state_error(format!("\"{key}\" has shape {}, expected {}", t.shape(), p.shape())))
+                        }
                         None => Err(state_error(format!("tensor \"{key}\" is missing"))),
                     }
                 })
@@ -372,4 +378,13 @@ impl Trainer {
     pub fn num_params(&self) -> usize {
         self.model.num_params()
     }
+}
+
+/// The configuration in a training state's metadata.
+fn config_of_state(path: &Path, meta: &HashMap<String, String>) -> Result<TrainConfig, TrainError> {
+    let state_error = |reason: String| TrainError::State { path: path.to_path_buf(), reason };
+    if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
+        return Err(state_error(format!("not a training state (no \"format\": \"{STATE_FORMAT}\" entry)")));
+    }
+    TrainConfig::from_map(meta).map_err(state_error)
 }

@@ -62,7 +62,9 @@ fn resumed_training_equals_uninterrupted_training() {
     // The EMA (what model.safetensors holds) too.
     straight.save_model(&dir.join("a.safetensors")).unwrap();
     resumed.save_model(&dir.join("b.safetensors")).unwrap();
-    let read = |f: &str| ddpm_nn::checkpoint::load_tensors(&dir.join(f)).unwrap().0.into_values().map(|t| t.to_vec()).collect::<Vec<_>>();
+    let read = |f: &str| {
+        ddpm_nn::checkpoint::load_tensors(&dir.join(f)).unwrap().0.into_values().map(|t| t.to_vec()).collect::<Vec<_>>()
+    };
     assert!(read("a.safetensors") == read("b.safetensors"), "the EMA weights differ after resuming");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,816 @@
+//! `cargo xtask data`: download MNIST or Fashion-MNIST and check every byte.
+//!
+//! The four `.gz` files of the original distributions (IDX format, see
+//! `ddpm::data`) are fetched from a list of mirrors, tried in turn, into
+//! `data/<dataset>/` (where training looks by default) or `--out DIR`.
+//!
+//! Why it is built the way it is:
+//!
+//! - **Checksums, not trust.** Mirrors come and go and some serve error pages
+//!   with status 200; every file is checked against the md5 of the original
+//!   (the values torchvision lists) and its known size. A file that does not
+//!   match is thrown away and the next mirror is tried.
+//! - **No half-written files.** Each download streams into `DIR/.<name>.part`,
+//!   hashing as it goes, and is renamed onto `DIR/<name>` only once it is
+//!   complete and verified, so an interrupted or failed run never leaves a
+//!   file that later looks like data. A file already present with the right
+//!   md5 is kept and not fetched again.
+//! - **One clear line when it fails**, naming the file and what each mirror
+//!   did; when no mirror could be reached at all it says how to do without
+//!   the network (`--data-dir DIR` or `$DDPM_DATA`, the lookup order of
+//!   DESIGN.md).
+//! - **A final read-back**: the files are parsed with the same reader training
+//!   uses (`ddpm::data::read_images` / `read_labels`) and their counts printed.
+//!
+//! The core, [`fetch`], knows nothing of the command line, so the tests below
+//! drive it against a small HTTP server on the loopback interface.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ddpm::data::{read_images, read_labels, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
+use indicatif::{ProgressBar, ProgressStyle};
+use md5::{Digest, Md5};
+
+/// The data sets `cargo xtask data` knows how to fetch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dataset {
+    /// LeCun's handwritten digits.
+    Mnist,
+    /// Zalando's clothing pictures, a drop-in replacement for MNIST.
+    FashionMnist,
+}
+
+/// One split of a data set: its images file and its labels file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitName {
+    Train,
+    Test,
+}
+
+/// One entry of a checksum table.
+struct Known {
+    split: SplitName,
+    /// File name without `.gz`, as `ddpm::data` names it.
+    stem: &'static str,
+    /// md5 of the original `.gz` file.
+    md5: &'static str,
+    /// Size of the original `.gz` file in bytes.
+    size: u64,
+}
+
+/// MNIST's four files (md5 as listed by torchvision).
+const MNIST: [Known; 4] = [
+    Known { split: SplitName::Train, stem: TRAIN_IMAGES, md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873", size: 9_912_422 },
+    Known { split: SplitName::Train, stem: TRAIN_LABELS, md5: "d53e105ee54ea40749a09fcbcd1e9432", size: 28_881 },
+    Known { split: SplitName::Test, stem: TEST_IMAGES, md5: "9fb629c4189551a2d022fa330f9573f3", size: 1_648_877 },
+    Known { split: SplitName::Test, stem: TEST_LABELS, md5: "ec29112dd5afa0611ce80d1b7f02629c", size: 4_542 },
+];
+
+/// Fashion-MNIST's four files (md5 as listed by torchvision and the data set's README).
+const FASHION_MNIST: [Known; 4] = [
+    Known { split: SplitName::Train, stem: TRAIN_IMAGES, md5: "8d4fb7e6c68d591d4c3dfef9ec88bf0d", size: 26_421_880 },
+    Known { split: SplitName::Train, stem: TRAIN_LABELS, md5: "25c81989df183df01b3e8a0aad5dffbe", size: 29_515 },
+    Known { split: SplitName::Test, stem: TEST_IMAGES, md5: "bef4ecab320f06d8554ea6380940ec79", size: 4_422_102 },
+    Known { split: SplitName::Test, stem: TEST_LABELS, md5: "bb300cfdad3c16e7a12a480ee83cd310", size: 5_148 },
+];
+
+impl Dataset {
+    /// The name used on the command line and for the default folder `data/<name>`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Mnist => "mnist",
+            Dataset::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    /// The built-in mirrors, best first. Each is a base URL the file name is appended to.
+    pub fn mirrors(self) -> Vec<String> {
+        let urls: &[&str] = match self {
+            Dataset::Mnist => &[
+                "https://ossci-datasets.s3.amazonaws.com/mnist/",
+                "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                "http://yann.lecun.com/exdb/mnist/",
+            ],
+            Dataset::FashionMnist => &["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+        };
+        urls.iter().map(|u| u.to_string()).collect()
+    }
+
+    /// The files to fetch with their checksums: both splits, or only `only`.
+    pub fn files(self, only: Option<SplitName>) -> Vec<RemoteFile> {
+        let table = match self {
+            Dataset::Mnist => &MNIST,
+            Dataset::FashionMnist => &FASHION_MNIST,
+        };
+        table
+            .iter()
+            .filter(|k| only.is_none_or(|s| s == k.split))
+            .map(|k| RemoteFile { name: format!("{}.gz", k.stem), md5: k.md5.into(), size: Some(k.size) })
+            .collect()
+    }
+}
+
+/// A file to download and what it must hash to.
+#[derive(Clone, Debug)]
+pub struct RemoteFile {
+    /// Name on the mirror and in the output folder, e.g. `t10k-labels-idx1-ubyte.gz`.
+    pub name: String,
+    /// Expected md5, lowercase hex.
+    pub md5: String,
+    /// Expected size in bytes, if known: a mirror announcing or sending more is
+    /// cut off early instead of being read to the end.
+    pub size: Option<u64>,
+}
+
+/// `cargo xtask data`: download and verify a data set.
+#[derive(clap::Args, Debug)]
+pub struct DataArgs {
+    /// Which data set to download.
+    #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
+    pub dataset: Dataset,
+    /// Folder to put the files in [default: data/<dataset>, where training looks first after
+    /// --data-dir and $DDPM_DATA].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Base URL to download from; repeat to give several, tried in order. Replaces the
+    /// built-in mirror list.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// Download only this split's two files (default: both splits).
+    #[arg(long, value_enum)]
+    pub only: Option<SplitName>,
+}
+
+/// Runs `cargo xtask data`: fetch (or find) the files, verify them, read them back.
+pub fn run(args: DataArgs) -> Result<()> {
+    let dataset = args.dataset;
+    let dir = args.out.clone().unwrap_or_else(|| Path::new("data").join(dataset.name()));
+    let mirrors = if args.mirrors.is_empty() { dataset.mirrors() } else { args.mirrors.clone() };
+    let files = dataset.files(args.only);
+    println!("{} into {}", dataset.name(), dir.display());
+
+    if let Err(e) = fetch(&files, &mirrors, &dir, io::stderr().is_terminal()) {
+        let offline = e.downcast_ref::<FetchError>().is_some_and(FetchError::all_unreachable);
+        if offline && dataset == Dataset::FashionMnist {
+            bail!(
+                "{e:#}; Fashion-MNIST is also packaged for Debian: \
+                 `apt-get install dataset-fashion-mnist` puts it in /usr/share/datasets/fashion-mnist"
+            );
+        }
+        return Err(e);
+    }
+
+    // The same reader training uses, as a last check that the bytes make sense.
+    let splits = match args.only {
+        Some(split) => vec![split],
+        None => vec![SplitName::Train, SplitName::Test],
+    };
+    for split in splits {
+        let (images_stem, labels_stem, what) = match split {
+            SplitName::Train => (TRAIN_IMAGES, TRAIN_LABELS, "train"),
+            SplitName::Test => (TEST_IMAGES, TEST_LABELS, "test"),
+        };
+        let images = read_images(&dir.join(format!("{images_stem}.gz")))?;
+        let labels = read_labels(&dir.join(format!("{labels_stem}.gz")))?;
+        if images.count != labels.len() {
+            bail!("{what} split in {}: {} images but {} labels", dir.display(), images.count, labels.len());
+        }
+        println!("{what}: {} images of {}x{}, {} labels", images.count, images.rows, images.cols, labels.len());
+    }
+    let default = Path::new("data").join(dataset.name());
+    if dir == default {
+        println!("done: training finds it in {} by default", dir.display());
+    } else {
+        println!("done: pass --data-dir {} (or set DDPM_DATA) to use it", dir.display());
+    }
+    Ok(())
+}
+
+/// Makes sure every file of `files` is in `dir` with the right md5, downloading
+/// the missing or wrong ones from `mirrors` (tried in order), and returns their
+/// paths in the order of `files`.
+///
+/// Stops at the first file no mirror could provide, with a [`FetchError`];
+/// files fetched before it stay (they are verified). Problems on this side
+/// (folder not creatable, disk full) end it at once: another mirror would not help.
+/// `progress` shows a progress bar on stderr for each download.
+pub fn fetch(files: &[RemoteFile], mirrors: &[String], dir: &Path, progress: bool) -> Result<Vec<PathBuf>> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the output folder {} (choose another with --out)", dir.display()))?;
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(20))
+        .timeout_read(Duration::from_secs(60))
+        .user_agent(concat!("ddpm-rs-xtask/", env!("CARGO_PKG_VERSION")))
+        .build();
+    files.iter().map(|file| fetch_one(&agent, file, mirrors, dir, progress)).collect()
+}
+
+/// Why no mirror could provide a file: what each mirror did, in order.
+#[derive(Debug)]
+pub struct FetchError {
+    pub file: String,
+    failures: Vec<(String, Failure)>,
+}
+
+impl FetchError {
+    /// Whether no mirror could even be reached (no network, most likely).
+    pub fn all_unreachable(&self) -> bool {
+        !self.failures.is_empty() && self.failures.iter().all(|(_, f)| matches!(f, Failure::Unreachable(_)))
+    }
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not fetch {}: ", self.file)?;
+        if self.failures.is_empty() {
+            write!(f, "no mirror given")?;
+        }
+        for (i, (mirror, failure)) in self.failures.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}{mirror}: {failure}")?;
+        }
+        if self.all_unreachable() {
+            write!(
+                f,
+                " (no network? copy the .gz files by hand into a folder and pass it with --data-dir DIR \
+                 or set DDPM_DATA=DIR)"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// What went wrong with one mirror: a reason to try the next one.
+#[derive(Debug)]
+enum Failure {
+    /// The server answered with an error status.
+    Http(u16, String),
+    /// No connection: DNS, refused, timed out.
+    Unreachable(String),
+    /// Another transport problem (bad URL, bad response, too many redirects).
+    Transport(String),
+    /// The body broke off.
+    Body(String),
+    /// Wrong size, announced or received.
+    Size(String),
+    /// All bytes arrived but they are not the original file.
+    Checksum { got: String, expected: String },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Http(code, text) => write!(f, "HTTP {code} {text}"),
+            Failure::Unreachable(m) | Failure::Transport(m) | Failure::Body(m) | Failure::Size(m) => {
+                write!(f, "{m}")
+            }
+            Failure::Checksum { got, expected } => write!(f, "checksum mismatch (got {got}, expected {expected})"),
+        }
+    }
+}
+
+/// Why one download attempt ended: the mirror's fault (try the next) or ours (stop).
+enum Attempt {
+    Remote(Failure),
+    Local(anyhow::Error),
+}
+
+/// Gets one file: keeps it if already there and right, else tries each mirror.
+fn fetch_one(
+    agent: &ureq::Agent,
+    file: &RemoteFile,
+    mirrors: &[String],
+    dir: &Path,
+    progress: bool,
+) -> Result<PathBuf> {
+    let dest = dir.join(&file.name);
+    if dest.is_file() {
+        let got = file_md5(&dest).with_context(|| format!("cannot read {}", dest.display()))?;
+        if got == file.md5 {
+            println!("{}: ok (already there)", file.name);
+            return Ok(dest);
+        }
+        println!("{}: present but its md5 is {got}, expected {}: downloading it again", file.name, file.md5);
+    }
+    let mut failures = Vec::new();
+    for mirror in mirrors {
+        let url = join_url(mirror, &file.name);
+        println!("{}: fetching {url}", file.name);
+        match download(agent, &url, file, dir, &dest, progress) {
+            Ok(bytes) => {
+                println!("{}: ok ({bytes} bytes, md5 {})", file.name, file.md5);
+                return Ok(dest);
+            }
+            Err(Attempt::Local(e)) => return Err(e),
+            Err(Attempt::Remote(failure)) => {
+                match &failure {
+                    Failure::Checksum { got, expected } => eprintln!(
+                        "warning: {}: checksum mismatch from {mirror}: got {got}, expected {expected}",
+                        file.name
+                    ),
+                    other => eprintln!("warning: {}: {mirror}: {other}", file.name),
+                }
+                failures.push((mirror.clone(), failure));
+            }
+        }
+    }
+    Err(FetchError { file: file.name.clone(), failures }.into())
+}
+
+/// `mirror` + `name`, with exactly one `/` between them.
+fn join_url(mirror: &str, name: &str) -> String {
+    format!("{}/{name}", mirror.trim_end_matches('/'))
+}
+
+/// The temporary file of a download, removed when dropped unless it was moved into place.
+struct PartFile {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.done {
+            // Best effort: the file may not exist (nothing written yet) and an
+            // error here must not hide the one being reported.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// One attempt: streams `url` into `dir/.<name>.part` while hashing it, checks
+/// size and md5, and renames it onto `dest`. Returns the number of bytes.
+fn download(
+    agent: &ureq::Agent,
+    url: &str,
+    file: &RemoteFile,
+    dir: &Path,
+    dest: &Path,
+    progress: bool,
+) -> Result<u64, Attempt> {
+    // Created before the request, so an unwritable folder is reported as such
+    // even without network.
+    let mut part = PartFile { path: dir.join(format!(".{}.part", file.name)), done: false };
+    let out = File::create(&part.path).map_err(|e| {
+        Attempt::Local(anyhow::Error::new(e).context(format!(
+            "cannot write {} (is the folder writable? choose another with --out)",
+            part.path.display()
+        )))
+    })?;
+    let local = |what: &str, e: io::Error| {
+        Attempt::Local(anyhow::Error::new(e).context(format!("{what} {}", part.path.display())))
+    };
+
+    // The files are gzip already: ask for them as they are, so that nothing
+    // is decompressed on the way and the md5 is the file's.
+    let response = match agent.get(url).set("Accept-Encoding", "identity").call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => return Err(Attempt::Remote(Failure::Http(code, r.status_text().into()))),
+        Err(e) => return Err(Attempt::Remote(transport_failure(&e))),
+    };
+    let announced = response.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
+    if let (Some(n), Some(size)) = (announced, file.size) {
+        if n != size {
+            return Err(Attempt::Remote(Failure::Size(format!("announces {n} bytes, expected {size}"))));
+        }
+    }
+
+    let bar = progress_bar(progress, announced.or(file.size), &file.name);
+    // Read at most one byte more than expected: enough to tell that it is too long.
+    let limit = file.size.map_or(u64::MAX, |s| s + 1);
+    let mut body = response.into_reader().take(limit);
+    let mut out = BufWriter::new(out);
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(Attempt::Remote(Failure::Body(format!("download broke off after {total} bytes: {e}"))));
+            }
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| local("cannot write", e))?;
+        total += n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    let out = out.into_inner().map_err(|e| local("cannot write", e.into_error()))?;
+    out.sync_all().map_err(|e| local("cannot write", e))?;
+    drop(out);
+
+    if let Some(size) = file.size {
+        if total != size {
+            let what =
+                if total > size { format!("more than the expected {size}") } else { format!("only {total} of {size}") };
+            return Err(Attempt::Remote(Failure::Size(format!("sent {what} bytes"))));
+        }
+    }
+    let got = hex(&hasher.finalize());
+    if got != file.md5 {
+        return Err(Attempt::Remote(Failure::Checksum { got, expected: file.md5.clone() }));
+    }
+    fs::rename(&part.path, dest).map_err(|e| local(&format!("cannot move into place as {}:", dest.display()), e))?;
+    part.done = true;
+    Ok(total)
+}
+
+/// Sorts a transport error into "no connection" (likely offline) or other.
+fn transport_failure(e: &ureq::Error) -> Failure {
+    let mut msg = e.kind().to_string();
+    if let ureq::Error::Transport(t) = e {
+        if let Some(m) = t.message() {
+            msg = format!("{msg}: {m}");
+        }
+    }
+    if let Some(source) = std::error::Error::source(e) {
+        msg = format!("{msg}: {source}");
+    }
+    use ureq::ErrorKind::*;
+    match e.kind() {
+        Dns | ConnectionFailed | Io | ProxyConnect => Failure::Unreachable(msg),
+        _ => Failure::Transport(msg),
+    }
+}
+
+/// A byte progress bar on stderr, or a hidden one.
+fn progress_bar(show: bool, len: Option<u64>, name: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match len {
+        Some(n) => (ProgressBar::new(n), "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"),
+        None => (ProgressBar::new_spinner(), "{prefix} {spinner} {bytes} {bytes_per_sec}"),
+    };
+    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.set_prefix(name.to_string());
+    bar
+}
+
+/// The md5 of a file on disk, lowercase hex.
+fn file_md5(path: &Path) -> io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Lowercase hex of a digest.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a tiny HTTP/1.1 file server on 127.0.0.1, serving the shared
+    //! MNIST copy (its t10k files are byte-identical to the originals, so the
+    //! real checksum table applies) or a corrupted copy of it.
+
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+
+    const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
+
+    /// A folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+            let dir =
+                std::env::temp_dir().join(format!("ddpm-xtask-download-{tag}-{}-{nanos}-{n}", std::process::id()));
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Serves the files of `root` over HTTP/1.1 (GET only, `Connection: close`,
+    /// 404 for anything missing) and counts requests.
+    struct Server {
+        url: String,
+        addr: SocketAddr,
+        requests: Arc<AtomicUsize>,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Server {
+        fn start(root: &Path) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let requests = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (root, count, stopped) = (root.to_path_buf(), requests.clone(), stop.clone());
+            let thread = std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopped.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(stream) = stream {
+                        let _ = serve(stream, &root, &count);
+                    }
+                }
+            });
+            Server { url: format!("http://{addr}/"), addr, requests, stop, thread: Some(thread) }
+        }
+
+        fn requests(&self) -> usize {
+            self.requests.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(self.addr); // wakes up accept()
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn serve(mut stream: TcpStream, root: &Path, count: &AtomicUsize) -> io::Result<()> {
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream.try_clone()?);
+        let mut request = String::new();
+        reader.read_line(&mut request)?;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+                break;
+            }
+        }
+        let mut parts = request.split_whitespace();
+        let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+        if method.is_empty() {
+            return Ok(()); // the wake-up connection
+        }
+        count.fetch_add(1, Ordering::SeqCst);
+        let name = target.trim_start_matches('/');
+        let body = if method == "GET" && !name.is_empty() && !name.contains("..") && !name.contains('/') {
+            fs::read(root.join(name)).ok()
+        } else {
+            None
+        };
+        match body {
+            Some(body) => {
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    body.len()
+                )?;
+                stream.write_all(&body)?;
+            }
+            None => {
+                let body = b"not found\n";
+                write!(
+                    stream,
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    body.len()
+                )?;
+                stream.write_all(body)?;
+            }
+        }
+        stream.flush()
+    }
+
+    /// A mirror folder with the shared t10k files, one byte of the labels flipped.
+    fn corrupted_mirror() -> TempDir {
+        let dir = TempDir::new("bad-mirror");
+        for stem in [TEST_IMAGES, TEST_LABELS] {
+            let name = format!("{stem}.gz");
+            let mut bytes = fs::read(Path::new(SHARED).join(&name)).unwrap();
+            if stem == TEST_LABELS {
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0x01;
+            }
+            fs::write(dir.0.join(&name), bytes).unwrap();
+        }
+        dir
+    }
+
+    fn test_files() -> Vec<RemoteFile> {
+        Dataset::Mnist.files(Some(SplitName::Test))
+    }
+
+    fn labels_only() -> Vec<RemoteFile> {
+        test_files().into_iter().filter(|f| f.name.starts_with(TEST_LABELS)).collect()
+    }
+
+    /// Names in `dir`, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn fetches_the_test_split_and_it_reads_back() {
+        let server = Server::start(Path::new(SHARED));
+        let out = TempDir::new("out");
+        let paths = fetch(&test_files(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
+        assert_eq!(paths.len(), 2);
+        let images = read_images(&paths[0]).unwrap();
+        let labels = read_labels(&paths[1]).unwrap();
+        assert_eq!((images.count, images.rows, images.cols), (10_000, 28, 28));
+        assert_eq!(labels.len(), 10_000);
+        assert_eq!(listing(&out.0), vec!["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]);
+        assert_eq!(server.requests(), 2);
+    }
+
+    #[test]
+    fn falls_back_to_the_next_mirror_on_a_checksum_mismatch() {
+        let bad_dir = corrupted_mirror();
+        let bad = Server::start(&bad_dir.0);
+        let good = Server::start(Path::new(SHARED));
+        let out = TempDir::new("out");
+        // No trailing slash on the first: joining must not care.
+        let mirrors = [bad.url.trim_end_matches('/').to_string(), good.url.clone()];
+        let paths = fetch(&test_files(), &mirrors, &out.0, false).unwrap();
+        assert_eq!(read_labels(&paths[1]).unwrap().len(), 10_000);
+        assert_eq!(file_md5(&paths[1]).unwrap(), "ec29112dd5afa0611ce80d1b7f02629c");
+        // Images came from the first mirror (intact there), labels from the second.
+        assert_eq!((bad.requests(), good.requests()), (2, 1));
+        assert_eq!(listing(&out.0), vec!["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]);
+    }
+
+    #[test]
+    fn a_corrupt_mirror_alone_fails_and_leaves_nothing() {
+        let bad_dir = corrupted_mirror();
+        let bad = Server::start(&bad_dir.0);
+        let out = TempDir::new("out");
+        let err = fetch(&labels_only(), std::slice::from_ref(&bad.url), &out.0, false).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("could not fetch t10k-labels-idx1-ubyte.gz"), "{msg}");
+        assert!(msg.contains("checksum mismatch"), "{msg}");
+        assert!(msg.contains("expected ec29112dd5afa0611ce80d1b7f02629c"), "{msg}");
+        assert!(!msg.contains("no network"), "{msg}");
+        assert!(listing(&out.0).is_empty(), "left behind: {:?}", listing(&out.0));
+    }
+
+    #[test]
+    fn not_found_everywhere_names_the_file_and_each_mirror() {
+        let empty = TempDir::new("empty-mirror");
+        let a = Server::start(&empty.0);
+        let b = Server::start(&empty.0);
+        let out = TempDir::new("out");
+        let err = fetch(&labels_only(), &[a.url.clone(), b.url.clone()], &out.0, false).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("could not fetch t10k-labels-idx1-ubyte.gz"), "{msg}");
+        assert!(msg.contains(&format!("{}: HTTP 404", a.url)), "{msg}");
+        assert!(msg.contains(&format!("{}: HTTP 404", b.url)), "{msg}");
+        assert!(listing(&out.0).is_empty());
+    }
+
+    #[test]
+    fn a_file_already_there_is_not_downloaded_again() {
+        let server = Server::start(Path::new(SHARED));
+        let out = TempDir::new("out");
+        let name = format!("{TEST_LABELS}.gz");
+        fs::copy(Path::new(SHARED).join(&name), out.0.join(&name)).unwrap();
+        fetch(&labels_only(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
+        assert_eq!(server.requests(), 0);
+        // And after a real download, a second run asks for nothing either.
+        fetch(&test_files(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
+        assert_eq!(server.requests(), 1);
+        fetch(&test_files(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
+        assert_eq!(server.requests(), 1);
+    }
+
+    #[test]
+    fn a_wrong_file_already_there_is_replaced() {
+        let server = Server::start(Path::new(SHARED));
+        let out = TempDir::new("out");
+        let dest = out.0.join(format!("{TEST_LABELS}.gz"));
+        fs::write(&dest, b"not the labels").unwrap();
+        fetch(&labels_only(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
+        assert_eq!(server.requests(), 1);
+        assert_eq!(file_md5(&dest).unwrap(), "ec29112dd5afa0611ce80d1b7f02629c");
+    }
+
+    #[test]
+    fn wrong_size_is_refused_before_reading_the_body() {
+        let server = Server::start(Path::new(SHARED));
+        let out = TempDir::new("out");
+        let mut files = labels_only();
+        files[0].size = Some(4_000);
+        let msg = format!("{:#}", fetch(&files, std::slice::from_ref(&server.url), &out.0, false).unwrap_err());
+        assert!(msg.contains("announces 4542 bytes, expected 4000"), "{msg}");
+        assert!(listing(&out.0).is_empty());
+    }
+
+    #[test]
+    fn no_network_points_at_data_dir() {
+        // A port nobody listens on any more: connection refused.
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = TempDir::new("out");
+        let err = fetch(&labels_only(), &[format!("http://127.0.0.1:{port}/")], &out.0, false).unwrap_err();
+        assert!(err.downcast_ref::<FetchError>().unwrap().all_unreachable());
+        let msg = format!("{err:#}");
+        assert!(msg.contains("--data-dir") && msg.contains("DDPM_DATA"), "{msg}");
+        assert!(listing(&out.0).is_empty());
+    }
+
+    #[test]
+    fn an_output_folder_that_cannot_be_created_is_a_clear_error() {
+        let tmp = TempDir::new("blocked");
+        let blocker = tmp.0.join("a-file");
+        fs::write(&blocker, b"").unwrap();
+        let err = fetch(&labels_only(), &["http://127.0.0.1:9/".into()], &blocker.join("sub"), false).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("cannot create the output folder"), "{msg}");
+    }
+
+    #[test]
+    fn the_command_fetches_one_split_and_reads_it_back() {
+        let server = Server::start(Path::new(SHARED));
+        let out = TempDir::new("out");
+        let args = DataArgs {
+            dataset: Dataset::Mnist,
+            out: Some(out.0.join("mnist")),
+            mirrors: vec![server.url.clone()],
+            only: Some(SplitName::Test),
+        };
+        run(args).unwrap();
+        assert_eq!(listing(&out.0.join("mnist")), vec!["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]);
+    }
+
+    #[test]
+    fn flags_parse() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: DataArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "data",
+            "--dataset",
+            "fashion-mnist",
+            "--mirror",
+            "http://a/",
+            "--mirror",
+            "http://b/",
+            "--only",
+            "test",
+        ])
+        .unwrap();
+        assert_eq!(cli.args.dataset, Dataset::FashionMnist);
+        assert_eq!(cli.args.mirrors, ["http://a/", "http://b/"]);
+        assert_eq!(cli.args.only, Some(SplitName::Test));
+        assert_eq!(cli.args.out, None);
+        let cli = Cli::try_parse_from(["data"]).unwrap();
+        assert_eq!((cli.args.dataset, cli.args.only), (Dataset::Mnist, None));
+        assert!(Cli::try_parse_from(["data", "--dataset", "cifar"]).is_err());
+    }
+
+    #[test]
+    fn checksum_tables_and_splits() {
+        assert_eq!(Dataset::Mnist.files(None).len(), 4);
+        let train = Dataset::FashionMnist.files(Some(SplitName::Train));
+        let names: Vec<&str> = train.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]);
+        for dataset in [Dataset::Mnist, Dataset::FashionMnist] {
+            for f in dataset.files(None) {
+                assert!(f.md5.len() == 32 && f.md5.chars().all(|c| c.is_ascii_hexdigit()), "{}", f.md5);
+            }
+        }
+        assert_eq!(join_url("http://h/x/", "f.gz"), "http://h/x/f.gz");
+        assert_eq!(join_url("http://h/x", "f.gz"), "http://h/x/f.gz");
+    }
+}

@@ -1,0 +1,418 @@
+//! `cargo xtask train`: train a U-Net on MNIST and leave in `--out`
+//!
+//! - `model.safetensors`: the EMA weights in the interchange format (what
+//!   `cargo xtask sample` and the PyTorch reference load),
+//! - `state.safetensors`: raw weights, EMA, Adam's moments and the counters,
+//!   for `--resume`,
+//! - `log.jsonl`: one JSON object per step (loss, gradient norm, lr, images/s),
+//! - `samples.png`: a grid drawn with the EMA model at the end (for a
+//!   conditional model, column d holds digit d),
+//! - `loss.png`: the loss curve.
+//!
+//! The state and the model are written every `--save-every` steps and at the
+//! end, each atomically, so an interrupted run loses at most the steps since
+//! the last save, and `--resume` continues it exactly (same batches, same
+//! noise, same weights as a run that never stopped).
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ddpm::data::{locate, Split, TRAIN_IMAGES, TRAIN_LABELS};
+use ddpm::train::{StepStats, TrainConfig, Trainer};
+use ddpm::ScheduleKind;
+use ddpm_nn::Preset;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use crate::device::{resolve, DeviceArg};
+use crate::download::Dataset;
+use crate::picture;
+use crate::sample::{draw, grid_labels, SampleSettings};
+
+/// The settings that define a run are options: on `--resume` the saved run's
+/// values are used, and a flag that contradicts them is refused.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model size [default: tiny].
+    #[arg(long)]
+    preset: Option<Preset>,
+    /// 0 (unconditional) or 10 (conditioned on the digit) [default: 10].
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Noise schedule, linear or cosine [default: linear].
+    #[arg(long)]
+    schedule: Option<ScheduleKind>,
+    #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
+    dataset: Dataset,
+    /// Folder with train-images-idx3-ubyte[.gz] and train-labels-idx1-ubyte[.gz]
+    /// (else $DDPM_DATA, else data/<dataset>/).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Train until this many steps in total (resumed steps count).
+    #[arg(long, group = "length")]
+    steps: Option<u64>,
+    /// Train until this many passes over the data in total.
+    #[arg(long, group = "length")]
+    epochs: Option<u64>,
+    /// Train for this many minutes of wall-clock time (this invocation).
+    #[arg(long, group = "length")]
+    minutes: Option<f64>,
+    /// Images per step [default: 64].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Adam's learning rate after the warm-up [default: 1e-3].
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Steps of linear learning-rate warm-up [default: 200].
+    #[arg(long)]
+    warmup: Option<u64>,
+    /// The EMA's decay [default: 0.999].
+    #[arg(long)]
+    ema: Option<f32>,
+    /// Seed of the initial weights, the batch order and the noise [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+    /// Output folder [default: runs/<preset>-c<classes>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run saved in --out.
+    #[arg(long)]
+    resume: bool,
+    /// Write the state and the model every this many steps.
+    #[arg(long, default_value_t = 500)]
+    save_every: u64,
+    /// How many images samples.png shows (at the end of training).
+    #[arg(long, default_value_t = 100)]
+    grid: usize,
+}
+
+const STATE: &str = "state.safetensors";
+const MODEL: &str = "model.safetensors";
+const LOG: &str = "log.jsonl";
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if args.steps == Some(0) || args.epochs == Some(0) {
+        bail!("--steps and --epochs must be at least 1");
+    }
+    if let Some(m) = args.minutes {
+        if !(m.is_finite() && m > 0.0) {
+            bail!("--minutes must be a positive number, not {m}");
+        }
+    }
+    if args.save_every == 0 {
+        bail!("--save-every must be at least 1");
+    }
+    let device = resolve(args.device)?;
+
+    // The run's folder: a fresh run refuses to overwrite another run's state.
+    let preset = args.preset.unwrap_or(Preset::Tiny);
+    let classes = args.classes.unwrap_or(10);
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{preset}-c{classes}")));
+    let state_path = out.join(STATE);
+    if args.resume && !state_path.exists() {
+        bail!("--resume: {} does not exist; nothing to resume", state_path.display());
+    }
+    if !args.resume && state_path.exists() {
+        bail!(
+            "{} already holds a training run ({STATE}); pass --resume to continue it, or choose another --out",
+            out.display()
+        );
+    }
+
+    let config = if args.resume { resumed_config(&args, &state_path)? } else { fresh_config(&args) };
+    config.validate()?;
+
+    let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
+    let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;
+    let data = Split::load(&data_dir, TRAIN_IMAGES, TRAIN_LABELS)?;
+
+    fs::create_dir_all(&out).with_context(|| format!("cannot create the output folder {}", out.display()))?;
+    let mut trainer = if args.resume {
+        Trainer::resume(&state_path, &config, data.len())?
+    } else {
+        Trainer::new(config.clone(), data.len())?
+    };
+    let mut log = Log::open(&out.join(LOG), trainer.step_count())?;
+
+    let start_step = trainer.step_count();
+    let target = Target::new(&args, &trainer);
+    if let Target::Steps(n) = target {
+        if n <= start_step {
+            bail!("the run already has {start_step} steps; ask for more with --steps or --epochs");
+        }
+    }
+    eprintln!(
+        "training {} ({} parameters, {} classes) on {} {} images from {}, batch {}, device {device}, into {}{}",
+        config.preset,
+        trainer.num_params(),
+        config.classes,
+        data.len(),
+        args.dataset.name(),
+        data_dir.display(),
+        config.batch,
+        out.display(),
+        if args.resume { format!(", resuming at step {start_step}") } else { String::new() },
+    );
+    log.event(json!({"event": "start", "step": start_step, "config": format!("{config:?}"), "data": data_dir}))?;
+
+    let progress = Progress::new(target, start_step);
+    let started = Instant::now();
+    let mut speed = Speed::default();
+    loop {
+        let step_start = Instant::now();
+        let stats = trainer.train_step(&data)?;
+        speed.add(config.batch, step_start.elapsed());
+        log.step(&stats, speed.images_per_s(), started.elapsed())?;
+        progress.update(&stats, speed.images_per_s(), started.elapsed());
+        let done = target.reached(stats.step, started.elapsed());
+        if done || stats.step % args.save_every == 0 {
+            save(&trainer, &out, &mut log)?;
+            if !done && progress.bar.is_hidden() {
+                eprintln!(
+                    "step {}: loss {:.4}, {:.0} images/s, saved to {}",
+                    stats.step,
+                    progress.smoothed_loss(),
+                    speed.images_per_s(),
+                    out.display()
+                );
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    progress.bar.finish_and_clear();
+    let steps = trainer.step_count() - start_step;
+    eprintln!(
+        "trained {steps} steps in {:.1} min ({:.0} images/s); final loss (smoothed) {:.4}",
+        started.elapsed().as_secs_f64() / 60.0,
+        (steps as f64 * config.batch as f64) / started.elapsed().as_secs_f64(),
+        progress.smoothed_loss()
+    );
+
+    // Pictures: the loss curve from the whole log, and samples from the EMA model.
+    plot_loss(&out.join(LOG), &out.join("loss.png"))?;
+    let model = trainer.ema_model()?;
+    let settings = SampleSettings::default_for(&model);
+    let labels = grid_labels(&model, args.grid);
+    eprintln!("drawing {} samples ({}) for samples.png", args.grid, settings.describe());
+    let images = draw(&model, trainer.schedule(), &settings, args.grid, labels.as_deref(), config.seed, true)?;
+    let cols = if config.classes > 0 { config.classes } else { (args.grid as f64).sqrt().ceil() as usize };
+    picture::grid_png(&out.join("samples.png"), images.as_slice(), args.grid, 28, 28, cols.max(1), 2)?;
+    eprintln!(
+        "wrote {}/{{{MODEL}, {STATE}, {LOG}, samples.png, loss.png}}\nsample more with: cargo xtask sample --checkpoint {}",
+        out.display(),
+        out.join(MODEL).display()
+    );
+    Ok(())
+}
+
+/// Defaults, overridden by the flags given.
+fn fresh_config(args: &TrainArgs) -> TrainConfig {
+    let mut config = TrainConfig::new(args.preset.unwrap_or(Preset::Tiny), args.classes.unwrap_or(10));
+    overlay(&mut config, args);
+    config
+}
+
+/// The saved run's settings, with the flags given on top: a flag that
+/// differs from the saved value makes `Trainer::resume` refuse, naming it.
+fn resumed_config(args: &TrainArgs, state: &Path) -> Result<TrainConfig> {
+    let mut config = Trainer::saved_config(state)?;
+    overlay(&mut config, args);
+    Ok(config)
+}
+
+fn overlay(config: &mut TrainConfig, args: &TrainArgs) {
+    config.preset = args.preset.unwrap_or(config.preset);
+    config.classes = args.classes.unwrap_or(config.classes);
+    config.schedule = args.schedule.unwrap_or(config.schedule);
+    config.batch = args.batch.unwrap_or(config.batch);
+    config.lr = args.lr.unwrap_or(config.lr);
+    config.warmup = args.warmup.unwrap_or(config.warmup);
+    config.ema_decay = args.ema.unwrap_or(config.ema_decay);
+    config.seed = args.seed.unwrap_or(config.seed);
+}
+
+/// Writes the resumable state, then the model, then flushes the log: after a
+/// crash the log never describes steps the state does not hold... except the
+/// ones since the last save, which `Log::open` drops on resume.
+fn save(trainer: &Trainer, out: &Path, log: &mut Log) -> Result<()> {
+    trainer.save_state(&out.join(STATE))?;
+    trainer.save_model(&out.join(MODEL))?;
+    log.flush()
+}
+
+/// When to stop.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Steps(u64),
+    Time(Duration),
+}
+
+impl Target {
+    fn new(args: &TrainArgs, trainer: &Trainer) -> Target {
+        match (args.steps, args.epochs, args.minutes) {
+            (Some(n), _, _) => Target::Steps(n),
+            (_, Some(e), _) => Target::Steps(e * trainer.batches_per_epoch()),
+            (_, _, Some(m)) => Target::Time(Duration::from_secs_f64(m * 60.0)),
+            // Without a length: five passes over the data.
+            _ => Target::Steps(5 * trainer.batches_per_epoch()),
+        }
+    }
+
+    fn reached(&self, step: u64, elapsed: Duration) -> bool {
+        match *self {
+            Target::Steps(n) => step >= n,
+            Target::Time(d) => elapsed >= d,
+        }
+    }
+}
+
+/// The progress bar: steps (or seconds, for --minutes), loss, images/s, ETA.
+struct Progress {
+    bar: ProgressBar,
+    target: Target,
+    loss: std::cell::Cell<f64>,
+}
+
+impl Progress {
+    fn new(target: Target, start_step: u64) -> Progress {
+        let (len, unit) = match target {
+            Target::Steps(n) => (n, "steps"),
+            Target::Time(d) => (d.as_secs().max(1), "s"),
+        };
+        let bar = ProgressBar::new(len);
+        let template = format!("{{bar:30.cyan/blue}} {{pos}}/{{len}} {unit} [{{elapsed}} < {{eta}}] {{msg}}");
+        bar.set_style(ProgressStyle::with_template(&template).expect("a valid template").progress_chars("=> "));
+        if let Target::Steps(_) = target {
+            bar.set_position(start_step);
+        }
+        Progress { bar, target, loss: std::cell::Cell::new(f64::NAN) }
+    }
+
+    fn update(&self, stats: &StepStats, images_per_s: f64, elapsed: Duration) {
+        // An exponential average over ~50 steps: the raw loss jumps with t.
+        let previous = self.loss.get();
+        let smoothed = if previous.is_nan() { stats.loss as f64 } else { 0.98 * previous + 0.02 * stats.loss as f64 };
+        self.loss.set(smoothed);
+        match self.target {
+            Target::Steps(_) => self.bar.set_position(stats.step),
+            Target::Time(_) => self.bar.set_position(elapsed.as_secs()),
+        }
+        let step = if let Target::Time(_) = self.target { format!("step {} ", stats.step) } else { String::new() };
+        self.bar.set_message(format!(
+            "{step}epoch {} loss {smoothed:.4} lr {:.1e} {images_per_s:.0} img/s",
+            stats.epoch + 1,
+            stats.lr
+        ));
+    }
+
+    fn smoothed_loss(&self) -> f64 {
+        self.loss.get()
+    }
+}
+
+/// Images per second over the recent steps.
+#[derive(Default)]
+struct Speed {
+    recent: std::collections::VecDeque<(usize, Duration)>,
+}
+
+impl Speed {
+    fn add(&mut self, images: usize, took: Duration) {
+        self.recent.push_back((images, took));
+        if self.recent.len() > 20 {
+            self.recent.pop_front();
+        }
+    }
+
+    fn images_per_s(&self) -> f64 {
+        let images: usize = self.recent.iter().map(|(n, _)| n).sum();
+        let secs: f64 = self.recent.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        images as f64 / secs.max(1e-9)
+    }
+}
+
+/// log.jsonl: one JSON object per line.
+struct Log {
+    file: BufWriter<File>,
+}
+
+impl Log {
+    /// Opens the log for a run at step `step`: a fresh run starts an empty
+    /// log; a resumed run keeps the lines up to `step` and drops those of
+    /// steps that were computed after the last save (they are about to be
+    /// computed again).
+    fn open(path: &Path, step: u64) -> Result<Log> {
+        let context = || format!("cannot write the log {}", path.display());
+        if step == 0 || !path.exists() {
+            return Ok(Log { file: BufWriter::new(File::create(path).with_context(context)?) });
+        }
+        let kept: String = BufReader::new(File::open(path).with_context(context)?)
+            .lines()
+            .map_while(std::io::Result::ok)
+            .filter(|line| {
+                let value: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+                value.get("step").and_then(|s| s.as_u64()).is_some_and(|s| s <= step)
+            })
+            .map(|line| line + "\n")
+            .collect();
+        let tmp = path.with_extension("jsonl.tmp");
+        fs::write(&tmp, kept).and_then(|()| fs::rename(&tmp, path)).with_context(context)?;
+        let file = fs::OpenOptions::new().append(true).open(path);
+        Ok(Log { file: BufWriter::new(file.with_context(context)?) })
+    }
+
+    fn event(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").context("cannot write the log")
+    }
+
+    fn step(&mut self, s: &StepStats, images_per_s: f64, elapsed: Duration) -> Result<()> {
+        self.event(json!({
+            "step": s.step,
+            "epoch": s.epoch,
+            "loss": s.loss,
+            "grad_norm": s.grad_norm,
+            "lr": s.lr,
+            "images_per_s": (images_per_s * 10.0).round() / 10.0,
+            "elapsed_s": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
+        }))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.file.flush().context("cannot write the log")
+    }
+}
+
+/// loss.png: the raw per-step loss and its moving average, from log.jsonl.
+pub fn plot_loss(log: &Path, png: &Path) -> Result<()> {
+    let file = File::open(log).with_context(|| format!("cannot read {}", log.display()))?;
+    let points: Vec<(f64, f64)> = BufReader::new(file)
+        .lines()
+        .map_while(std::io::Result::ok)
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+            Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?))
+        })
+        .collect();
+    let window = (points.len() / 50).clamp(1, 200);
+    let smoothed: Vec<(f64, f64)> = points
+        .windows(window)
+        .map(|w| (w[w.len() - 1].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64))
+        .collect();
+    let label = format!("mean of {window} steps");
+    picture::line_plot_png(
+        png,
+        &[("loss per step", &points), (&label, &smoothed)],
+        "training loss (epsilon MSE)",
+        "step",
+        "loss",
+        true,
+    )
+}

@@ -1,0 +1,247 @@
+//! The command line as a user meets it: a short training run that is stopped
+//! and resumed, sampling from it, and every kind of bad input named in the
+//! design (missing or corrupt data, unknown presets, a checkpoint of the wrong
+//! preset, zero steps, an output folder that cannot be written): a one-line
+//! error, a non-zero exit, and nothing half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SHARED_MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env_remove("DDPM_DATA")
+        .output()
+        .expect("the xtask binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The command failed with exit code 1 and one `error:` line containing `needle`.
+#[track_caller]
+fn assert_fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "expected a failure, got {:?}: {err}", out.status);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line: {err}");
+    assert!(lines[0].contains(needle), "the error should mention {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A fresh, empty folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn step_lines(log: &Path) -> Vec<u64> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect()
+}
+
+/// A float32 .npy file, written by hand (NumPy's format 1.0).
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn train_resume_and_sample_end_to_end() {
+    let dir = temp_dir("e2e");
+    let out = dir.join("run");
+    let out_s = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--data-dir", SHARED_MNIST, "--out", out_s, "--batch", "8", "--grid", "4"];
+        args.extend(["--device", "cpu", "--save-every", "1"]);
+        args.extend(extra);
+        xtask(&args)
+    };
+
+    let first = train(&["--steps", "2"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    for file in ["model.safetensors", "state.safetensors", "log.jsonl", "samples.png", "loss.png"] {
+        assert!(out.join(file).is_file(), "{file} was not written");
+    }
+    assert_eq!(step_lines(&out.join("log.jsonl")), [1, 2]);
+
+    // A second fresh run into the same folder would overwrite it: refused.
+    assert_fails_with(&train(&["--steps", "2"]), "--resume");
+    // A resumed run must keep the run's settings.
+    assert_fails_with(&train(&["--steps", "3", "--resume", "--lr", "0.5"]), "lr: 0.001 in the saved run, 0.5 now");
+    assert_fails_with(&train(&["--steps", "3", "--resume", "--preset", "small"]), "preset: tiny");
+    assert_fails_with(&train(&["--steps", "2", "--resume"]), "already has 2 steps");
+
+    let resumed = train(&["--steps", "3", "--resume"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("resuming at step 2"), "{}", stderr(&resumed));
+    assert_eq!(step_lines(&out.join("log.jsonl")), [1, 2, 3]);
+
+    // Sampling: DDIM at eta 0 from a given x_T is deterministic.
+    let model = out.join("model.safetensors");
+    let noise = dir.join("noise.npy");
+    let values: Vec<f32> = (0..3 * 784).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    write_npy(&noise, &[3, 1, 28, 28], &values);
+    let sample = |name: &str, extra: &[&str]| {
+        let png = dir.join(format!("{name}.png"));
+        let npy = dir.join(format!("{name}.npy"));
+        let mut args = vec!["sample", "--checkpoint", model.to_str().unwrap(), "--steps", "3", "--device", "cpu"];
+        args.extend(["--out", png.to_str().unwrap(), "--npy", npy.to_str().unwrap()]);
+        args.extend(extra);
+        let result = xtask(&args);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert!(png.is_file());
+        std::fs::read(npy).unwrap()
+    };
+    let noise_s = noise.to_str().unwrap();
+    let a = sample("a", &["--init-noise", noise_s, "--digit", "7", "--gif", dir.join("a.gif").to_str().unwrap()]);
+    let b = sample("b", &["--init-noise", noise_s, "--digit", "7", "--strip", dir.join("b.png").to_str().unwrap()]);
+    assert_eq!(a, b, "DDIM at eta 0 from the same x_T gave different samples");
+    assert_eq!(a.len(), 128 + 3 * 784 * 4, "3 images of 28x28 float32 behind a 128-byte header");
+    assert!(dir.join("a.gif").is_file() && dir.join("b.png").is_file());
+    let c = sample("c", &["--init-noise", noise_s, "--digit", "3"]);
+    assert_ne!(a, c, "the label made no difference");
+    let d = sample("d", &["--n", "2", "--seed", "5", "--sampler", "ddpm"]);
+    assert_eq!(d.len(), 128 + 2 * 784 * 4);
+
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_data_is_a_one_line_error() {
+    let dir = temp_dir("data");
+    let out = dir.join("run");
+    let out_s = out.to_str().unwrap();
+    let nowhere = dir.join("nowhere");
+    let train = |data: &Path| xtask(&["train", "--data-dir", data.to_str().unwrap(), "--out", out_s, "--steps", "1"]);
+
+    assert_fails_with(&train(&nowhere), "no mnist data found");
+    assert_fails_with(&train(&nowhere), "cargo xtask data");
+
+    // A truncated images file and a labels file in place of the images.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let images = std::fs::read(Path::new(SHARED_MNIST).join("train-images-idx3-ubyte.gz")).unwrap();
+    let labels = std::fs::read(Path::new(SHARED_MNIST).join("train-labels-idx1-ubyte.gz")).unwrap();
+    std::fs::write(broken.join("train-images-idx3-ubyte.gz"), &images[..images.len() / 2]).unwrap();
+    std::fs::write(broken.join("train-labels-idx1-ubyte.gz"), &labels).unwrap();
+    assert_fails_with(&train(&broken), "train-images-idx3-ubyte.gz");
+    std::fs::write(broken.join("train-images-idx3-ubyte.gz"), &labels).unwrap();
+    assert_fails_with(&train(&broken), "magic number");
+
+    assert!(!out.exists(), "a failed run left {} behind", out.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_flags_are_refused_before_any_work() {
+    let dir = temp_dir("flags");
+    let out = dir.join("run");
+    let out_s = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec!["train", "--data-dir", SHARED_MNIST, "--out", out_s];
+        args.extend(extra);
+        xtask(&args)
+    };
+    assert_fails_with(&train(&["--steps", "0"]), "--steps");
+    assert_fails_with(&train(&["--minutes=-1"]), "--minutes");
+    assert_fails_with(&train(&["--classes", "3"]), "--classes");
+    assert_fails_with(&train(&["--batch", "0"]), "--batch");
+    assert_fails_with(&train(&["--steps", "1", "--resume"]), "nothing to resume");
+    assert_fails_with(&train(&["--device", "cuda"]), "cuda");
+    // Unknown values and flags are clap's errors: non-zero, naming the value.
+    for args in [&["--preset", "huge"][..], &["--steps", "-5"], &["--frobnicate"]] {
+        let result = train(args);
+        assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+        assert!(stderr(&result).contains(args[args.len() - 1]) || stderr(&result).contains(args[0]));
+    }
+    assert!(!out.exists(), "a refused run left {} behind", out.display());
+
+    // An output folder that cannot be created (its parent is a file).
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let blocked = file.join("run");
+    let result = xtask(&[
+        "train",
+        "--data-dir",
+        SHARED_MNIST,
+        "--out",
+        blocked.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "4",
+    ]);
+    assert_fails_with(&result, "cannot create the output folder");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_and_sampling_flags_are_refused() {
+    let dir = temp_dir("sample");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/checkpoint_tiny_c10.safetensors");
+    let png = dir.join("out.png");
+    let png_s = png.to_str().unwrap();
+    let sample = |checkpoint: &str, extra: &[&str]| {
+        // Every case is refused before sampling starts.
+        let mut args = vec!["sample", "--checkpoint", checkpoint, "--out", png_s, "--n", "2"];
+        args.extend(extra);
+        xtask(&args)
+    };
+
+    assert_fails_with(&sample(dir.join("missing.safetensors").to_str().unwrap(), &[]), "missing.safetensors");
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint at all").unwrap();
+    assert_fails_with(&sample(garbage.to_str().unwrap(), &[]), "garbage.safetensors");
+
+    // The tiny checkpoint relabelled as `small`: the tensors do not fit.
+    let bytes = std::fs::read(fixture).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    assert!(header.contains("\"preset\":\"tiny\""), "{header}");
+    let header = header.replace("\"preset\":\"tiny\"", "\"preset\":\"small\"");
+    let mut relabelled = (header.len() as u64).to_le_bytes().to_vec();
+    relabelled.extend(header.as_bytes());
+    relabelled.extend(&bytes[8 + header_len..]);
+    let wrong = dir.join("wrong-preset.safetensors");
+    std::fs::write(&wrong, relabelled).unwrap();
+    assert_fails_with(&sample(wrong.to_str().unwrap(), &[]), "the model expects");
+
+    assert_fails_with(&sample(fixture, &["--steps", "0"]), "--steps");
+    assert_fails_with(&sample(fixture, &["--steps", "1001"]), "--steps");
+    assert_fails_with(&sample(fixture, &["--digit", "12"]), "--digit");
+    assert_fails_with(&sample(fixture, &["--eta=-1"]), "--eta");
+    let noise = dir.join("noise.npy");
+    write_npy(&noise, &[2, 1, 27, 28], &vec![0.0; 2 * 27 * 28]);
+    assert_fails_with(&sample(fixture, &["--init-noise", noise.to_str().unwrap()]), "[N, 1, 28, 28]");
+    write_npy(&noise, &[3, 1, 28, 28], &vec![0.0; 3 * 784]);
+    assert_fails_with(&sample(fixture, &["--init-noise", noise.to_str().unwrap()]), "--n gives 2 images");
+    let labels = dir.join("labels.npy");
+    write_npy(&labels, &[2], &[1.0, 11.0]);
+    assert_fails_with(&sample(fixture, &["--labels", labels.to_str().unwrap()]), "entry 1 is 11");
+    let unwritable = dir.join("no-such-folder").join("grid.png");
+    let result = xtask(&["sample", "--checkpoint", fixture, "--out", unwritable.to_str().unwrap(), "--steps", "1"]);
+    assert_fails_with(&result, "does not exist");
+    assert!(!png.exists(), "a refused run wrote {}", png.display());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
