@@ -245,3 +245,27 @@ fn bad_checkpoints_and_sampling_flags_are_refused() {
     assert!(!png.exists(), "a refused run wrote {}", png.display());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_lecture_runs_its_sections() {
+    let dir = temp_dir("lecture");
+    let out = dir.join("pictures");
+    // Run from a folder without runs/: section 4 says how to get a model.
+    let result = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["lecture", "--data-dir", SHARED_MNIST, "--out", out.to_str().unwrap(), "--draws", "40"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{}", stderr(&result));
+    for needle in
+        ["1. Adding a little noise", "2. The chain collapses", "var chain", "4. Denoising", "cargo xtask train"]
+    {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(out.join("noising.png").is_file());
+    let missing = dir.join("nope.safetensors");
+    assert_fails_with(&xtask(&["lecture", "--checkpoint", missing.to_str().unwrap()]), "no such file");
+    assert_fails_with(&xtask(&["lecture", "--data-dir", SHARED_MNIST, "--draws", "1"]), "--draws");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
