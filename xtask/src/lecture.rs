@@ -21,8 +21,6 @@ use ddpm::rng::{stream, Stream};
 use ddpm::sampler::Method;
 use ddpm::{Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
-use rand::Rng;
-use rand_distr::StandardNormal;
 
 use crate::picture;
 use crate::sample::{draw_from, grid_labels, initial_noise, load_model, SampleSettings};
@@ -99,43 +97,41 @@ fn section_1(schedule: &Schedule, x0: &Tensor, label: usize, out: &Path, seed: u
 /// Section 2: the iterated chain and the closed form agree in distribution.
 fn section_2(schedule: &Schedule, x0: &Tensor, draws: usize, seed: u64) {
     heading("2. The chain collapses into one step");
-    println!("iterating x_t = a_t x_(t-1) + b_t e_t from x_0 gives x_t ~ N(abar_t x_0, bbar_t^2 I),");
-    println!("abar_t = a_0 a_1 ... a_t, bbar_t^2 = 1 - abar_t^2: so x_t = abar_t x_0 + bbar_t e in one step.");
-    println!("{draws} draws of each, per pixel of one digit; the error columns are the worst pixel:\n");
-    let x0: Vec<f64> = x0.as_slice().iter().map(|&v| v as f64).collect();
+    println!(
+        "iterating x_t = a_t x_(t-1) + b_t e_t (Schedule::noise_step) from x_0 gives x_t ~ N(abar_t x_0, bbar_t^2 I),"
+    );
+    println!("abar_t = a_0 a_1 ... a_t, bbar_t^2 = 1 - abar_t^2: so x_t = abar_t x_0 + bbar_t e in one step (Schedule::q_sample).");
+    println!("{draws} draws of each, per pixel of one digit: variances averaged over the pixels, and the worst");
+    println!("pixel's |mean - abar_t x_0|:\n");
     let checkpoints = [0usize, 9, 99, 499, 999];
-    // Running sums per pixel of the chain's and the closed form's x_t, and their squares.
-    let n_pix = x0.len();
+    let n_pix = x0.numel();
+    // `draws` copies of the digit, each noised on its own: [draws, 1, 28, 28].
+    let copies: Vec<&Tensor> = vec![x0; draws];
+    let x0s = Tensor::concat(&copies, 0).expect("copies of one image");
+    let x0: Vec<f64> = x0.as_slice().iter().map(|&v| v as f64).collect();
+    // Per checkpoint and pixel: sum and sum of squares of the chain's x_t and the closed form's.
     let mut sums = vec![[[0.0f64; 2]; 2]; checkpoints.len() * n_pix];
     let mut rng = stream(seed, Stream::Sample, 1);
-    let mut x = vec![0.0f64; n_pix];
-    for _ in 0..draws {
-        x.copy_from_slice(&x0);
-        let mut c = 0;
-        for t in 0..schedule.timesteps() {
-            let (a, b) = (schedule.a(t), schedule.b(t));
-            for v in x.iter_mut() {
-                let e: f64 = rng.sample(StandardNormal);
-                *v = a * *v + b * e;
-            }
-            if c < checkpoints.len() && t == checkpoints[c] {
-                let (ab, bb) = (schedule.abar(t), schedule.bbar(t));
-                for p in 0..n_pix {
-                    let e: f64 = rng.sample(StandardNormal);
-                    let closed = ab * x0[p] + bb * e;
-                    let s = &mut sums[c * n_pix + p];
-                    s[0][0] += x[p];
-                    s[0][1] += x[p] * x[p];
-                    s[1][0] += closed;
-                    s[1][1] += closed * closed;
+    let mut x = x0s.clone();
+    for t in 0..schedule.timesteps() {
+        let e = Tensor::randn(x.shape().clone(), &mut rng);
+        x = schedule.noise_step(&x, t, &e).expect("shapes agree");
+        let Some(c) = checkpoints.iter().position(|&s| s == t) else { continue };
+        let e = Tensor::randn(x.shape().clone(), &mut rng);
+        let closed = schedule.q_sample(&x0s, &vec![t; draws], &e).expect("shapes agree");
+        for (k, values) in [x.as_slice(), closed.as_slice()].into_iter().enumerate() {
+            for image in values.chunks(n_pix) {
+                for (p, &v) in image.iter().enumerate() {
+                    let s = &mut sums[c * n_pix + p][k];
+                    s[0] += v as f64;
+                    s[1] += (v as f64) * (v as f64);
                 }
-                c += 1;
             }
         }
     }
     println!(
-        "{:>5} | {:>8} {:>10} {:>10} | {:>8} {:>10} {:>10}",
-        "t", "bbar_t^2", "var chain", "var closed", "mean err", "chain", "closed"
+        "{:>5} | {:>8} {:>11} {:>11} | {:>17} {:>17}",
+        "t", "bbar_t^2", "var(chain)", "var(closed)", "mean err (chain)", "mean err (closed)"
     );
     let n = draws as f64;
     for (c, &t) in checkpoints.iter().enumerate() {
@@ -149,11 +145,10 @@ fn section_2(schedule: &Schedule, x0: &Tensor, draws: usize, seed: u64) {
             }
         }
         println!(
-            "{t:>5} | {:>8.5} {:>10.5} {:>10.5} | {:>8} {:>10.5} {:>10.5}",
+            "{t:>5} | {:>8.5} {:>11.5} {:>11.5} | {:>17.5} {:>17.5}",
             bb * bb,
             var[0],
             var[1],
-            "",
             mean_err[0],
             mean_err[1]
         );

@@ -112,6 +112,32 @@ impl Schedule {
         (1.0 - self.alphas_cumprod[t]).sqrt()
     }
 
+    /// Lecture section 1 (paper eq. 2): one noising step,
+    /// x_t = a_t x_{t-1} + b_t e_t, with a_t^2 + b_t^2 = 1 so a unit-variance
+    /// signal keeps unit variance.
+    pub fn noise_step(&self, x_prev: &Tensor, t: usize, e: &Tensor) -> Result<Tensor> {
+        if t >= self.timesteps() {
+            return Err(TensorError::invalid(
+                "noise_step",
+                format!("timestep {t} is not below T = {}", self.timesteps()),
+            ));
+        }
+        let (a, b) = (self.a(t) as f32, self.b(t) as f32);
+        x_prev.zip_map(e, |x, e| a * x + b * e)
+    }
+
+    /// Lecture section 2: x_t the slow way, running [`Schedule::noise_step`]
+    /// for steps 0, 1, ..., t with fresh noise each time. Its distribution is
+    /// that of [`Schedule::q_sample`]'s one step, N(abar_t x_0, bbar_t^2 I)
+    /// (`cargo xtask lecture` and this module's tests compare the two).
+    pub fn noise_chain(&self, x0: &Tensor, t: usize, rng: &mut impl rand::Rng) -> Result<Tensor> {
+        let mut x = x0.clone();
+        for s in 0..=t {
+            x = self.noise_step(&x, s, &Tensor::randn(x.shape().clone(), rng))?;
+        }
+        Ok(x)
+    }
+
     /// Lecture section 4 (paper eq. 4): x_t = abar_t x_0 + bbar_t e, in one step,
     /// for a batch x0 [N, ...] with one timestep per sample.
     /// As the reference: alphabar_t is rounded to f32 first, then square-rooted in f32.
@@ -154,6 +180,47 @@ mod tests {
             // abar_t = a_0 a_1 ... a_t.
             let product: f64 = (0..=700).map(|t| s.a(t)).product();
             assert!((product - s.abar(700)).abs() < 1e-12);
+        }
+    }
+
+    /// The iterated chain and the closed form have the same mean and variance:
+    /// 20,000 draws of each from x_0 = 0.8, checked against abar_t x_0 and
+    /// bbar_t^2 to about 4 standard errors (the seeds are fixed, so the test is
+    /// deterministic; a wrong a_t or b_t, e.g. beta_t in place of sqrt(beta_t),
+    /// misses by far more).
+    #[test]
+    fn the_iterated_chain_has_the_closed_form_distribution() {
+        use rand::{rngs::StdRng, SeedableRng};
+        let s = Schedule::new(ScheduleKind::Linear, 1000);
+        let n = 20_000;
+        let x0 = Tensor::full([n], 0.8);
+        let stats = |x: &Tensor| {
+            let v = x.as_slice();
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+            let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+            (mean, var)
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        for t in [0, 50, 300, 999] {
+            let (ab, bb) = (s.abar(t), s.bbar(t));
+            let chain = s.noise_chain(&x0, t, &mut rng).unwrap();
+            let eps = Tensor::randn([n], &mut rng);
+            let closed = s.q_sample(&x0.reshape([n, 1]).unwrap(), &vec![t; n], &eps.reshape([n, 1]).unwrap()).unwrap();
+            for (what, x) in [("chain", chain), ("closed form", closed)] {
+                let (mean, var) = stats(&x);
+                let se_mean = bb / (n as f64).sqrt();
+                let se_var = bb * bb * (2.0 / n as f64).sqrt();
+                assert!(
+                    (mean - ab * 0.8).abs() < 4.0 * se_mean + 1e-6,
+                    "{what} t = {t}: mean {mean}, want {}",
+                    ab * 0.8
+                );
+                assert!(
+                    (var - bb * bb).abs() < 4.0 * se_var + 1e-7,
+                    "{what} t = {t}: variance {var}, want {}",
+                    bb * bb
+                );
+            }
         }
     }
 
