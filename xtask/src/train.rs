@@ -78,7 +78,7 @@ pub struct TrainArgs {
     seed: Option<u64>,
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-    /// Output folder [default: runs/<preset>-c<classes>].
+    /// Output folder [default: runs/<preset>-c<classes>, runs/fashion-mnist-<preset>-c<classes> for Fashion-MNIST].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue the run saved in --out.
@@ -113,7 +113,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // The run's folder: a fresh run refuses to overwrite another run's state.
     let preset = args.preset.unwrap_or(Preset::Tiny);
     let classes = args.classes.unwrap_or(10);
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{preset}-c{classes}")));
+    let out = args.out.clone().unwrap_or_else(|| match args.dataset {
+        Dataset::Mnist => PathBuf::from(format!("runs/{preset}-c{classes}")),
+        other => PathBuf::from(format!("runs/{}-{preset}-c{classes}", other.name())),
+    });
     let state_path = out.join(STATE);
     if args.resume && !state_path.exists() {
         bail!("--resume: {} does not exist; nothing to resume", state_path.display());

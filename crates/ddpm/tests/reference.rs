@@ -78,7 +78,7 @@ fn ddim_matches_the_reference_sampler_on_a_pytorch_checkpoint() {
 }
 
 /// A checkpoint trained by `cargo xtask train` (the 15-minute `tiny` run of the
-/// README) samples in PyTorch as it does here: `scripts/sample_rust_checkpoint.py`
+/// README) samples in PyTorch as it does here: `scripts/sample_checkpoint.py`
 /// ran the reference sampler on it (DDIM, 20 steps, eta 0, guidance 0 and 1)
 /// and recorded the results; the Rust sampler must reproduce them.
 #[test]

@@ -1,10 +1,12 @@
-"""Samples a checkpoint trained by the Rust side with the PyTorch reference
-sampler, and records the result as a fixture the Rust tests compare against.
+"""Samples a checkpoint with the PyTorch reference sampler and records the
+result as a fixture the Rust sampler must reproduce.
 
-    python scripts/sample_rust_checkpoint.py MODEL.safetensors OUT.safetensors [grid.png]
+    python scripts/sample_checkpoint.py MODEL.safetensors OUT.safetensors [grid.png]
 
-MODEL is a `model.safetensors` written by `cargo xtask train` (EMA weights,
-interchange format). The script loads it strictly into `ddpm_ref.UNet`, draws
+MODEL is a `model.safetensors` in the interchange format, written by
+`cargo xtask train` (a Rust-trained model: does it sample the same in
+PyTorch?) or by scripts/torch_train.py (a PyTorch-trained one: does it sample
+the same in Rust?). The script loads it strictly into `ddpm_ref.UNet`, draws
 x_T with a fixed torch generator, asks for digits 0-9 twice, and runs
 `ddpm_ref.sample_ddim` (20 steps, eta 0) with and without guidance 1.0. OUT
 holds x_T, y, and both results before and after the final clamp
