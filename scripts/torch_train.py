@@ -3,6 +3,7 @@ in Rust, for the same wall-clock budget, and writes the EMA weights in the
 interchange format: the "same budget in PyTorch" row of the README.
 
     python scripts/torch_train.py --minutes 15 --data-dir ../shared/data/mnist --out runs/torch-tiny-c10
+    python scripts/torch_train.py --steps 4190 ...     # the same number of steps instead
 
 Same recipe as crates/ddpm/src/train.rs: batch 64, Adam (lr 1e-3, linear
 warm-up over 200 steps), gradient norm clipped at 1, EMA with decay
@@ -44,6 +45,7 @@ def main():
     p.add_argument("--preset", default="tiny")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--minutes", type=float, default=15.0)
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps instead (overrides --minutes)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=200)
@@ -65,7 +67,11 @@ def main():
 
     step, start = 0, time.time()
     budget = a.minutes * 60
-    while time.time() - start < budget:
+
+    def done():
+        return step >= a.steps if a.steps is not None else time.time() - start >= budget
+
+    while not done():
         perm = torch.randperm(len(images))
         for i in range(0, len(images) - a.batch + 1, a.batch):
             idx = perm[i:i + a.batch]
@@ -89,7 +95,7 @@ def main():
             if step % 500 == 0:
                 print(f"step {step}: loss {loss.item():.4f}, {step * a.batch / (time.time() - start):.0f} images/s",
                       flush=True)
-            if time.time() - start >= budget:
+            if done():
                 break
     secs = time.time() - start
     meta = dict(preset=a.preset, num_classes=str(a.classes), schedule="linear", timesteps="1000")
