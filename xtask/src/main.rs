@@ -6,12 +6,13 @@
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
 mod device;
 mod download;
+mod eval;
 mod lecture;
 mod npy;
 mod picture;
@@ -31,22 +32,14 @@ enum Job {
     Train(train::TrainArgs),
     /// Generate digits from a checkpoint: a PNG grid, optionally .npy, a GIF and a strip of the chain.
     Sample(sample::SampleArgs),
-    /// Judge samples with an MNIST classifier (not built yet).
-    Eval(Pending),
+    /// Judge samples with an MNIST classifier: FLD, accuracy as asked, class balance, confidence.
+    Eval(eval::EvalArgs),
     /// Download MNIST or Fashion-MNIST from the public mirrors and verify the checksums.
     Data(download::DataArgs),
     /// Walk through the lecture in numbers and pictures.
     Lecture(lecture::LectureArgs),
     /// Images/s of the train step or the sampler's network evaluations.
     Bench(bench::BenchArgs),
-}
-
-/// The arguments of a job that is not built yet, accepted so that the message
-/// below, not a parse error, is what the user sees.
-#[derive(clap::Args)]
-struct Pending {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 /// Errors end the program with one line and a non-zero exit, never a panic
@@ -67,7 +60,7 @@ fn run(cli: Cli) -> Result<()> {
         Job::Sample(args) => sample::run(args),
         Job::Data(args) => download::run(args),
         Job::Lecture(args) => lecture::run(args),
-        Job::Eval(_) => bail!("`cargo xtask eval` is not built yet: it arrives with issue #5 (judge the samples)"),
+        Job::Eval(args) => eval::run(args),
         Job::Bench(args) => bench::run(args),
     }
 }

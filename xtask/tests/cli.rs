@@ -259,7 +259,7 @@ fn the_lecture_runs_its_sections() {
     let text = String::from_utf8_lossy(&result.stdout);
     assert!(result.status.success(), "{}", stderr(&result));
     for needle in
-        ["1. Adding a little noise", "2. The chain collapses", "var chain", "4. Denoising", "cargo xtask train"]
+        ["1. Adding a little noise", "2. The chain collapses", "var(chain)", "4. Denoising", "cargo xtask train"]
     {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }

@@ -159,6 +159,9 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         }
         // Each input pixel fed a 2x2 block: it gets the block's summed gradient.
         Upsample2x(_) => vec![Some(g.upsample_nearest2x_backward()?)],
+        // y = max of a 2x2 window: dy/dx = 1 for the window's largest x, 0 for
+        // the other three (ties: the first, as ddpm_tensor::ops::max_pool says).
+        MaxPool2x2(_) => vec![Some(Tensor::max_pool2x2_backward(x, g)?)],
         // Each table row gets the gradients of every output that copied it.
         Embedding(table, indices) => vec![Some(g.index_add_rows(indices, table.dims()[0])?)],
     };

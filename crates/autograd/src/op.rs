@@ -63,6 +63,8 @@ pub enum Op {
     },
     /// Nearest-neighbour x2 upsampling of [N, C, H, W].
     Upsample2x(Var),
+    /// The largest value of each 2x2 window of [N, C, H, W] (the classifier's pooling).
+    MaxPool2x2(Var),
     /// Rows of a [V, D] table picked by the indices.
     Embedding(Var, Vec<usize>),
 }
@@ -93,7 +95,7 @@ impl Op {
             | LogSoftmax(a) => {
                 vec![a]
             }
-            Upsample2x(a) | Embedding(a, _) => vec![a],
+            Upsample2x(a) | MaxPool2x2(a) | Embedding(a, _) => vec![a],
             GroupNorm { x, gamma, beta, .. } | GroupNormSilu { x, gamma, beta, .. } => vec![x, gamma, beta],
             Conv2d { x, weight, bias, .. } => [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().collect(),
             Concat(parts, _) => parts.iter().collect(),
@@ -131,6 +133,7 @@ impl Op {
             GroupNormSilu { .. } => "group_norm_silu",
             Conv2d { .. } => "conv2d",
             Upsample2x(..) => "upsample_nearest2x",
+            MaxPool2x2(..) => "max_pool2x2",
             Embedding(..) => "embedding",
         }
     }

@@ -4,7 +4,7 @@
 //! primitives and get their gradients for free.
 
 use ddpm_tensor::ops::Conv2dParams;
-use ddpm_tensor::{Result, Shape, Tensor};
+use ddpm_tensor::{Result, Shape, Tensor, TensorError};
 
 use crate::op::Op;
 use crate::profile::{self, Pass};
@@ -202,6 +202,13 @@ impl Var {
         Ok(Var::from_op(y, Op::Upsample2x(self.clone())))
     }
 
+    /// [N, C, H, W] -> [N, C, H/2, W/2], the largest value of each 2x2 window.
+    pub fn max_pool2x2(&self) -> Result<Var> {
+        let _timer = profile::scope("max_pool2x2", Pass::Forward);
+        let y = self.value().max_pool2x2()?;
+        Ok(Var::from_op(y, Op::MaxPool2x2(self.clone())))
+    }
+
     /// Rows of this [V, D] table: out[b] = table[indices[b]], [B, D].
     pub fn embedding(&self, indices: &[usize]) -> Result<Var> {
         let _timer = profile::scope("embedding", Pass::Forward);
@@ -257,5 +264,28 @@ impl Var {
     /// Mean squared error, mean((a - b)^2): the DDPM loss on the noise.
     pub fn mse(&self, target: &Var) -> Result<Var> {
         Ok(self.sub(target)?.square().mean_all())
+    }
+
+    /// Cross-entropy of logits [B, K] against class labels (B of them, each
+    /// below K): L = -(1/B) sum_b log softmax(z_b)[y_b], the classifier's loss.
+    ///
+    /// The label's entry is picked by multiplying with a one-hot constant and
+    /// summing, so the gradient needs no rule of its own: it works out to
+    /// dL/dz_b = (softmax(z_b) - onehot(y_b)) / B.
+    pub fn cross_entropy(&self, labels: &[usize]) -> Result<Var> {
+        let (b, k) = match self.dims()[..] {
+            [b, k] if b == labels.len() && b > 0 => (b, k),
+            _ => {
+                let msg = format!("needs logits [B, K] for {} labels, got {}", labels.len(), self.shape());
+                return Err(TensorError::invalid("cross_entropy", msg));
+            }
+        };
+        if let Some(&y) = labels.iter().find(|&&y| y >= k) {
+            return Err(TensorError::invalid("cross_entropy", format!("label {y} is not below K = {k}")));
+        }
+        let mut one_hot = vec![0.0; b * k];
+        labels.iter().enumerate().for_each(|(i, &y)| one_hot[i * k + y] = 1.0);
+        let one_hot = Var::constant(Tensor::from_vec(one_hot, [b, k])?);
+        Ok(self.log_softmax()?.mul(&one_hot)?.sum_all().scale(-1.0 / b as f32))
     }
 }

@@ -230,6 +230,36 @@ fn upsample_nearest2x() {
 }
 
 #[test]
+fn max_pool2x2_away_from_ties() {
+    use rand::seq::SliceRandom;
+    // y = max of a 2x2 window: dy/dx = 1 for the largest x, 0 for the others.
+    // Defined only where the maximum is unique, so the values are a shuffle of
+    // a grid spaced 0.1 apart: a step of h = 0.01 never changes which is largest.
+    let dims = [2, 3, 4, 6];
+    let mut values: Vec<f32> = (0..144).map(|i| i as f32 * 0.1 - 7.2).collect();
+    values.shuffle(&mut StdRng::seed_from_u64(58));
+    let x = Tensor::from_vec(values, dims).unwrap();
+    check(&[x], |v| v[0].max_pool2x2());
+}
+
+#[test]
+fn cross_entropy_of_logits() {
+    // L = -(1/B) sum_b log softmax(z_b)[y_b]: dL/dz_b = (softmax(z_b) - onehot(y_b)) / B.
+    check(&[randn(&[4, 5], 59).scale(2.0)], |v| v[0].cross_entropy(&[3, 0, 4, 3]));
+}
+
+#[test]
+fn cross_entropy_is_the_mean_negative_log_likelihood() {
+    // Logits (0, ln 3) give probabilities (1/4, 3/4): L = -(ln 1/4 + ln 3/4) / 2.
+    let z = Var::constant(Tensor::from_vec(vec![0.0, 3f32.ln(), 0.0, 3f32.ln()], [2, 2]).unwrap());
+    let loss = z.cross_entropy(&[0, 1]).unwrap().value().item().unwrap();
+    let expected = -(0.25f32.ln() + 0.75f32.ln()) / 2.0;
+    assert!((loss - expected).abs() < 1e-6, "{loss} vs {expected}");
+    assert!(z.cross_entropy(&[0, 2]).is_err(), "a label must be below K");
+    assert!(z.cross_entropy(&[0]).is_err(), "one label per row");
+}
+
+#[test]
 fn embedding_with_a_repeated_index() {
     // out[b] = table[idx[b]]: d table[v] = sum of g[b] over idx[b] == v.
     check(&[randn(&[5, 3], 54)], |v| v[0].embedding(&[4, 1, 4, 0]));

@@ -154,6 +154,14 @@ impl Split {
         self.labels.is_empty()
     }
 
+    /// The first `n` images and labels (all of them if there are fewer).
+    pub fn head(&self, n: usize) -> Split {
+        let n = n.min(self.len());
+        let size = self.images.rows * self.images.cols;
+        let images = Images { count: n, pixels: self.images.pixels[..n * size].to_vec(), ..self.images };
+        Split { images, labels: self.labels[..n].to_vec() }
+    }
+
     /// Images `indices` as a [B, 1, rows, cols] tensor, pixels p mapped to
     /// p / 127.5 - 1 in [-1, 1], and their labels.
     pub fn batch(&self, indices: &[usize]) -> (Tensor, Vec<usize>) {

@@ -10,8 +10,11 @@
 //! - [`rng`]: the seeded random streams that make a resumed run exact.
 //! - [`sampler`]: DDPM ancestral sampling, DDIM, classifier-free guidance, and
 //!   where the lecture's sampling formula differs from the paper's.
+//! - [`eval`]: judging generated digits: an MNIST classifier, the Fréchet
+//!   distance of its features (FLD), accuracy as asked, class balance.
 
 pub mod data;
+pub mod eval;
 pub mod loss;
 pub mod rng;
 pub mod sampler;

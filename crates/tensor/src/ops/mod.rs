@@ -9,6 +9,7 @@ mod group_norm;
 mod lanes;
 mod layout;
 mod matmul;
+mod max_pool;
 mod parallel;
 mod reduce;
 mod softmax;
@@ -23,6 +24,7 @@ pub use conv2d::{
 pub use group_norm::{group_norm_backward, group_norm_reference, group_norm_silu_backward, GroupNormStats};
 pub use layout::split_ranges;
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
+pub use max_pool::max_pool2x2_reference;
 pub use reduce::sum_axes_reference;
 pub use softmax::softmax_reference;
 pub use unary::{exp, sigmoid};

@@ -1,0 +1,235 @@
+//! `cargo xtask eval` as a user meets it: real t10k digits judged with a
+//! quickly trained classifier (cached, then reused), samples drawn from a
+//! checkpoint, and every kind of bad input: a one-line error, a non-zero exit,
+//! and nothing written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ddpm::data::{Split, TEST_IMAGES, TEST_LABELS};
+
+const SHARED_MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/checkpoint_tiny_c10.safetensors");
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env_remove("DDPM_DATA")
+        .output()
+        .expect("the xtask binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command failed with exit code 1 and one `error:` line containing `needle`.
+#[track_caller]
+fn assert_fails_with(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "expected a failure, got {:?}: {err}", out.status);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "expected one error line: {err}");
+    assert!(lines[0].contains(needle), "the error should mention {needle:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[track_caller]
+fn assert_succeeds(out: &Output) {
+    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
+}
+
+/// A fresh, empty folder for one test.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-eval-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A float32 .npy file, written by hand (NumPy's format 1.0).
+fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The first `n` t10k digits as samples.npy (in [-1, 1]) and their labels as labels.npy.
+fn real_digits(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
+    let test = Split::load(Path::new(SHARED_MNIST), TEST_IMAGES, TEST_LABELS).unwrap();
+    let (x, y) = test.batch(&(0..n).collect::<Vec<_>>());
+    let (samples, labels) = (dir.join("samples.npy"), dir.join("labels.npy"));
+    write_npy(&samples, x.dims(), x.as_slice());
+    write_npy(&labels, &[n], &y.iter().map(|&d| d as f32).collect::<Vec<_>>());
+    (samples, labels)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn real_digits_score_well_and_the_classifier_is_cached() {
+    let dir = temp_dir("real");
+    let (samples, labels) = real_digits(&dir, 300);
+    let classifier = dir.join("judge").join("lenet.safetensors");
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--samples", samples.to_str().unwrap(), "--data-dir", SHARED_MNIST];
+        args.extend(["--classifier", classifier.to_str().unwrap(), "--device", "cpu"]);
+        args.extend(extra);
+        xtask(&args)
+    };
+
+    // First run: no classifier yet, so one is trained (briefly) and cached.
+    let first = eval(&["--labels", labels.to_str().unwrap(), "--train-limit", "3000", "--epochs", "3"]);
+    assert_succeeds(&first);
+    assert!(stderr(&first).contains("training the classifier on 3000 digits"), "{}", stderr(&first));
+    assert!(classifier.exists());
+    let table = stdout(&first);
+    assert!(table.contains("t10k accuracy") && table.contains("real training digits (floor)"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("samples ") && l.contains('%')), "{table}");
+
+    // The JSON lands beside the samples; real digits are read as asked.
+    let report = read_json(&dir.join("samples.eval.json"));
+    let s = &report["samples"];
+    assert_eq!(s["n"], 300);
+    assert_eq!(report["floor"]["n"], 300, "the floor uses as many real digits as there are samples");
+    let accuracy = s["accuracy_as_asked"].as_f64().unwrap();
+    assert!(accuracy > 0.8, "real t10k digits should be read as their labels: {accuracy}");
+    let fractions: Vec<f64> = s["class_fractions"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(fractions.len(), 10);
+    assert!((fractions.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    let fld = s["fld"].as_f64().unwrap();
+    assert!(fld.is_finite() && fld >= 0.0, "{fld}");
+    assert_eq!(report["classifier"]["training"]["train_images"], "3000");
+
+    // Second run: the cached classifier is reused; without --labels there is
+    // no accuracy as asked, only the class balance.
+    let out_json = dir.join("second.json");
+    let second = eval(&["--json", out_json.to_str().unwrap()]);
+    assert_succeeds(&second);
+    assert!(!stderr(&second).contains("training the classifier"), "{}", stderr(&second));
+    let report = read_json(&out_json);
+    assert!(report["samples"]["accuracy_as_asked"].is_null());
+    assert_eq!(report["samples"]["fld"].as_f64().unwrap(), fld, "same samples, same classifier, same FLD");
+
+    // Asking for other training settings than the cached file's is refused.
+    assert_fails_with(&eval(&["--epochs", "2"]), "--retrain");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn samples_from_a_checkpoint_are_judged() {
+    let dir = temp_dir("checkpoint");
+    let checkpoint = dir.join("model.safetensors");
+    std::fs::copy(FIXTURE, &checkpoint).unwrap();
+    let classifier = dir.join("lenet.safetensors");
+    let result = xtask(&[
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--n",
+        "20",
+        "--steps",
+        "2",
+        "--data-dir",
+        SHARED_MNIST,
+        "--classifier",
+        classifier.to_str().unwrap(),
+        "--train-limit",
+        "500",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    assert_succeeds(&result);
+    // The default JSON name says how the samples were drawn.
+    let report = read_json(&dir.join("eval-ddim2-g1-n20.json"));
+    assert_eq!(report["samples"]["n"], 20);
+    assert!(report["samples"]["accuracy_as_asked"].is_number(), "a conditional model is asked for digits");
+    assert_eq!(report["source"]["sampler"], "DDIM, 2 steps, eta 0, guidance 1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_inputs_are_refused_before_any_work() {
+    let dir = temp_dir("bad");
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let (classifier, report) = (path("lenet.safetensors"), path("report.json"));
+    // Every report goes to the temporary folder, even from a case that would
+    // wrongly run: never beside the fixture.
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data-dir", SHARED_MNIST, "--classifier", &classifier, "--device", "cpu"];
+        args.extend(["--json", &report]);
+        args.extend(extra);
+        xtask(&args)
+    };
+    let good = path("good.npy");
+    write_npy(Path::new(&good), &[2, 1, 28, 28], &vec![-1.0; 2 * 784]);
+
+    // Neither source, both, or --labels without --samples: clap's errors (exit 2).
+    for args in [&[][..], &["--samples", &good, "--checkpoint", FIXTURE], &["--checkpoint", FIXTURE, "--labels", &good]]
+    {
+        let result = eval(args);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {}", stderr(&result));
+    }
+
+    assert_fails_with(&eval(&["--samples", &path("missing.npy")]), "missing.npy");
+    let wrong_shape = path("wrong-shape.npy");
+    write_npy(Path::new(&wrong_shape), &[2, 1, 27, 28], &vec![0.0; 2 * 27 * 28]);
+    assert_fails_with(&eval(&["--samples", &wrong_shape]), "[N, 1, 28, 28]");
+    let bytes = path("bytes.npy");
+    write_npy(Path::new(&bytes), &[2, 1, 28, 28], &vec![255.0; 2 * 784]);
+    assert_fails_with(&eval(&["--samples", &bytes]), "must lie in [-1, 1]");
+    let labels = path("labels.npy");
+    write_npy(Path::new(&labels), &[3], &[1.0, 2.0, 3.0]);
+    assert_fails_with(&eval(&["--samples", &good, "--labels", &labels]), "has 3 entries but --samples holds 2");
+    write_npy(Path::new(&labels), &[2], &[1.0, 12.0]);
+    assert_fails_with(&eval(&["--samples", &good, "--labels", &labels]), "entry 1 is 12");
+
+    assert_fails_with(&eval(&["--checkpoint", &path("missing.safetensors")]), "missing.safetensors");
+    assert_fails_with(&eval(&["--checkpoint", FIXTURE, "--steps", "0"]), "--steps");
+    assert_fails_with(&eval(&["--checkpoint", FIXTURE, "--n", "1"]), "--n");
+    assert_fails_with(&eval(&["--checkpoint", FIXTURE, "--eta=-1"]), "--eta");
+
+    let nowhere = path("nowhere");
+    let result = xtask(&["eval", "--samples", &good, "--data-dir", &nowhere, "--classifier", &classifier]);
+    assert_fails_with(&result, "no mnist data found");
+    assert_fails_with(&eval(&["--samples", &good, "--floor-n", "1"]), "--floor-n");
+    let unwritable = path("no-such-folder/out.json");
+    let result = xtask(&[
+        "eval",
+        "--samples",
+        &good,
+        "--data-dir",
+        SHARED_MNIST,
+        "--classifier",
+        &classifier,
+        "--json",
+        &unwritable,
+    ]);
+    assert_fails_with(&result, "does not exist");
+
+    // A file that is not the classifier's (here: a U-Net checkpoint) is refused by name.
+    let result = xtask(&["eval", "--samples", &good, "--data-dir", SHARED_MNIST, "--classifier", FIXTURE]);
+    assert_fails_with(&result, "not a classifier file");
+
+    assert!(!Path::new(&classifier).exists(), "a refused run trained a classifier");
+    assert!(!Path::new(&report).exists(), "a refused run wrote its report");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
