@@ -487,6 +487,7 @@ mod tests {
     //! real checksum table applies) or a corrupted copy of it.
 
     use super::*;
+    use crate::testing::TempDir;
     use std::io::{BufRead, BufReader};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -494,27 +495,6 @@ mod tests {
     use std::thread::JoinHandle;
 
     const SHARED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
-
-    /// A folder under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let dir =
-                std::env::temp_dir().join(format!("ddpm-xtask-download-{tag}-{}-{nanos}-{n}", std::process::id()));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     /// Serves the files of `root` over HTTP/1.1 (GET only, `Connection: close`,
     /// 404 for anything missing) and counts requests.
@@ -610,7 +590,7 @@ mod tests {
 
     /// A mirror folder with the shared t10k files, one byte of the labels flipped.
     fn corrupted_mirror() -> TempDir {
-        let dir = TempDir::new("bad-mirror");
+        let dir = TempDir::new("download-bad-mirror");
         for stem in [TEST_IMAGES, TEST_LABELS] {
             let name = format!("{stem}.gz");
             let mut bytes = fs::read(Path::new(SHARED).join(&name)).unwrap();
@@ -642,7 +622,7 @@ mod tests {
     #[test]
     fn fetches_the_test_split_and_it_reads_back() {
         let server = Server::start(Path::new(SHARED));
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let paths = fetch(&test_files(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
         assert_eq!(paths.len(), 2);
         let images = read_images(&paths[0]).unwrap();
@@ -658,7 +638,7 @@ mod tests {
         let bad_dir = corrupted_mirror();
         let bad = Server::start(&bad_dir.0);
         let good = Server::start(Path::new(SHARED));
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         // No trailing slash on the first: joining must not care.
         let mirrors = [bad.url.trim_end_matches('/').to_string(), good.url.clone()];
         let paths = fetch(&test_files(), &mirrors, &out.0, false).unwrap();
@@ -673,7 +653,7 @@ mod tests {
     fn a_corrupt_mirror_alone_fails_and_leaves_nothing() {
         let bad_dir = corrupted_mirror();
         let bad = Server::start(&bad_dir.0);
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let err = fetch(&labels_only(), std::slice::from_ref(&bad.url), &out.0, false).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("could not fetch t10k-labels-idx1-ubyte.gz"), "{msg}");
@@ -685,10 +665,10 @@ mod tests {
 
     #[test]
     fn not_found_everywhere_names_the_file_and_each_mirror() {
-        let empty = TempDir::new("empty-mirror");
+        let empty = TempDir::new("download-empty-mirror");
         let a = Server::start(&empty.0);
         let b = Server::start(&empty.0);
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let err = fetch(&labels_only(), &[a.url.clone(), b.url.clone()], &out.0, false).unwrap_err();
         let msg = format!("{err:#}");
         assert!(msg.contains("could not fetch t10k-labels-idx1-ubyte.gz"), "{msg}");
@@ -700,7 +680,7 @@ mod tests {
     #[test]
     fn a_file_already_there_is_not_downloaded_again() {
         let server = Server::start(Path::new(SHARED));
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let name = format!("{TEST_LABELS}.gz");
         fs::copy(Path::new(SHARED).join(&name), out.0.join(&name)).unwrap();
         fetch(&labels_only(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
@@ -715,7 +695,7 @@ mod tests {
     #[test]
     fn a_wrong_file_already_there_is_replaced() {
         let server = Server::start(Path::new(SHARED));
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let dest = out.0.join(format!("{TEST_LABELS}.gz"));
         fs::write(&dest, b"not the labels").unwrap();
         fetch(&labels_only(), std::slice::from_ref(&server.url), &out.0, false).unwrap();
@@ -726,7 +706,7 @@ mod tests {
     #[test]
     fn wrong_size_is_refused_before_reading_the_body() {
         let server = Server::start(Path::new(SHARED));
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let mut files = labels_only();
         files[0].size = Some(4_000);
         let msg = format!("{:#}", fetch(&files, std::slice::from_ref(&server.url), &out.0, false).unwrap_err());
@@ -738,7 +718,7 @@ mod tests {
     fn no_network_points_at_data_dir() {
         // A port nobody listens on any more: connection refused.
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let err = fetch(&labels_only(), &[format!("http://127.0.0.1:{port}/")], &out.0, false).unwrap_err();
         assert!(err.downcast_ref::<FetchError>().unwrap().all_unreachable());
         let msg = format!("{err:#}");
@@ -748,7 +728,7 @@ mod tests {
 
     #[test]
     fn an_output_folder_that_cannot_be_created_is_a_clear_error() {
-        let tmp = TempDir::new("blocked");
+        let tmp = TempDir::new("download-blocked");
         let blocker = tmp.0.join("a-file");
         fs::write(&blocker, b"").unwrap();
         let err = fetch(&labels_only(), &["http://127.0.0.1:9/".into()], &blocker.join("sub"), false).unwrap_err();
@@ -759,7 +739,7 @@ mod tests {
     #[test]
     fn the_command_fetches_one_split_and_reads_it_back() {
         let server = Server::start(Path::new(SHARED));
-        let out = TempDir::new("out");
+        let out = TempDir::new("download-out");
         let args = DataArgs {
             dataset: Dataset::Mnist,
             out: Some(out.0.join("mnist")),

@@ -44,7 +44,7 @@ use serde_json::{json, Value};
 
 use crate::device::{resolve, DeviceArg};
 use crate::npy;
-use crate::sample::{draw, grid_labels, load_model, SampleSettings, SamplerArg, DEFAULT_GUIDANCE};
+use crate::sample::{draw, grid_labels, load_model, SampleSettings, SamplerArg};
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["checkpoint", "samples"])))]
@@ -250,27 +250,9 @@ fn open_source(args: &EvalArgs) -> Result<Source> {
     if args.n < 2 {
         bail!("--n must be at least 2 (a covariance needs two images)");
     }
-    if !(args.eta >= 0.0 && args.eta.is_finite()) {
-        bail!("--eta must be a number >= 0, not {}", args.eta);
-    }
     let (model, schedule) = load_model(&path)?;
-    if args.steps == 0 || args.steps > schedule.timesteps() {
-        bail!("--steps must be 1 ..= {} (T), not {}", schedule.timesteps(), args.steps);
-    }
-    let method = match args.sampler {
-        SamplerArg::Ddpm => Method::Ddpm,
-        SamplerArg::Ddim => Method::Ddim { steps: args.steps, eta: args.eta },
-        SamplerArg::Lecture => Method::Lecture,
-    };
-    let conditional = model.num_classes > 0;
-    let guidance = args.guidance.unwrap_or(if conditional { DEFAULT_GUIDANCE } else { 0.0 });
-    if !guidance.is_finite() {
-        bail!("--guidance must be a number, not {guidance}");
-    }
-    if guidance != 0.0 && !conditional {
-        bail!("--guidance needs a conditional model (trained with --classes 10)");
-    }
-    Ok(Source::Checkpoint { path, model: Box::new(model), schedule, settings: SampleSettings { method, guidance } })
+    let settings = SampleSettings::from_flags(&model, &schedule, args.sampler, args.steps, args.eta, args.guidance)?;
+    Ok(Source::Checkpoint { path, model: Box::new(model), schedule, settings })
 }
 
 /// `<stem>.eval.json` beside --samples; `eval-<sampler>-n<N>.json` beside

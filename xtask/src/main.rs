@@ -17,6 +17,8 @@ mod lecture;
 mod npy;
 mod picture;
 mod sample;
+#[cfg(test)]
+mod testing;
 mod train;
 
 #[derive(Parser)]

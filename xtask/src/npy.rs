@@ -453,28 +453,7 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "ddpm-npy-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::testing::TempDir;
 
     /// A hand-built file: v1.0 preamble, the given dict padded to 64, then `data`.
     fn build(dict: &str, data: &[u8]) -> Vec<u8> {
@@ -501,7 +480,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_header_alignment() {
-        let dir = TempDir::new("round");
+        let dir = TempDir::new("npy-round");
         for shape in [vec![], vec![5], vec![2, 3], vec![16, 1, 28, 28], vec![0, 4]] {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.25).collect();
@@ -534,7 +513,7 @@ mod tests {
 
     #[test]
     fn write_refuses_shape_mismatch_and_leaves_nothing() {
-        let dir = TempDir::new("mismatch");
+        let dir = TempDir::new("npy-mismatch");
         let path = dir.0.join("b.npy");
         let err = write_f32(&path, &[2, 2], &[1.0; 3]).unwrap_err().to_string();
         assert!(err.contains("b.npy") && err.contains("does not match"), "{err}");
@@ -611,7 +590,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_file() {
-        let dir = TempDir::new("names");
+        let dir = TempDir::new("npy-names");
         let path = dir.0.join("broken.npy");
         fs::write(&path, b"hello world").unwrap();
         let err = read_f32(&path).unwrap_err().to_string();

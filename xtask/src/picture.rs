@@ -710,31 +710,8 @@ const FONT: &[(char, [u8; 7])] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
     use std::fs;
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let dir = std::env::temp_dir().join(format!(
-                "ddpm-picture-{tag}-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn decode_png(path: &Path) -> (png::OutputInfo, Vec<u8>) {
         let decoder = png::Decoder::new(fs::File::open(path).unwrap());
@@ -804,7 +781,7 @@ mod tests {
 
     #[test]
     fn grid_png_decodes() {
-        let dir = TempDir::new("png");
+        let dir = TempDir::new("picture-png");
         let path = dir.0.join("grid.png");
         let images: Vec<f32> = (0..16 * 28 * 28).map(|i| ((i % 97) as f32 / 48.0) - 1.0).collect();
         grid_png(&path, &images, 16, 28, 28, 4, 2).unwrap();
@@ -825,7 +802,7 @@ mod tests {
         assert!(strip_images(&[vec![0.0; 2], vec![0.0; 3]], n, h, w).is_err());
         assert!(strip_images(&[], n, h, w).is_err());
 
-        let dir = TempDir::new("strip");
+        let dir = TempDir::new("picture-strip");
         let path = dir.0.join("strip.png");
         strip_png(&path, &frames, n, h, w, 4).unwrap();
         let (info, _) = decode_png(&path);
@@ -835,7 +812,7 @@ mod tests {
 
     #[test]
     fn gif_has_every_frame() {
-        let dir = TempDir::new("gif");
+        let dir = TempDir::new("picture-gif");
         let path = dir.0.join("chain.gif");
         let (n, h, w) = (3, 4, 5);
         let frames: Vec<Vec<f32>> =
@@ -865,7 +842,7 @@ mod tests {
 
     #[test]
     fn line_plot_writes_valid_pngs() {
-        let dir = TempDir::new("plot");
+        let dir = TempDir::new("picture-plot");
         let mut seed = 7;
         let raw: Vec<(f64, f64)> =
             (0..2000).map(|i| (i as f64, 0.05 + 0.9 * (-(i as f64) / 300.0).exp() * lcg(&mut seed))).collect();

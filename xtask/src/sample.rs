@@ -100,6 +100,40 @@ impl SampleSettings {
         SampleSettings { method: Method::Ddim { steps: 50, eta: 0.0 }, guidance }
     }
 
+    /// The settings `--sampler`, `--steps`, `--eta` and `--guidance` ask for,
+    /// checked against the model: eta >= 0, DDIM steps in 1 ..= T, guidance
+    /// finite and only for a conditional model (which gets [`DEFAULT_GUIDANCE`]
+    /// when none is given).
+    pub fn from_flags(
+        model: &UNet,
+        schedule: &Schedule,
+        sampler: SamplerArg,
+        steps: usize,
+        eta: f64,
+        guidance: Option<f32>,
+    ) -> Result<SampleSettings> {
+        if !(eta >= 0.0 && eta.is_finite()) {
+            bail!("--eta must be a number >= 0, not {eta}");
+        }
+        if steps == 0 || steps > schedule.timesteps() {
+            bail!("--steps must be 1 ..= {} (T), not {steps}", schedule.timesteps());
+        }
+        let method = match sampler {
+            SamplerArg::Ddpm => Method::Ddpm,
+            SamplerArg::Ddim => Method::Ddim { steps, eta },
+            SamplerArg::Lecture => Method::Lecture,
+        };
+        let conditional = model.num_classes > 0;
+        let guidance = guidance.unwrap_or(if conditional { DEFAULT_GUIDANCE } else { 0.0 });
+        if !guidance.is_finite() {
+            bail!("--guidance must be a number, not {guidance}");
+        }
+        if guidance != 0.0 && !conditional {
+            bail!("--guidance needs a conditional model (trained with --classes 10)");
+        }
+        Ok(SampleSettings { method, guidance })
+    }
+
     pub fn describe(&self) -> String {
         let method = match self.method {
             Method::Ddpm => "DDPM, all T steps".to_string(),
@@ -219,9 +253,6 @@ pub fn load_model(path: &std::path::Path) -> Result<(UNet, Schedule)> {
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let device = resolve(args.device)?;
-    if !(args.eta >= 0.0 && args.eta.is_finite()) {
-        bail!("--eta must be a number >= 0, not {}", args.eta);
-    }
     if args.n == Some(0) {
         bail!("--n must be at least 1");
     }
@@ -229,14 +260,8 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--cols must be at least 1");
     }
     let (model, schedule) = load_model(&args.checkpoint)?;
-    if args.steps == 0 || args.steps > schedule.timesteps() {
-        bail!("--steps must be 1 ..= {} (T), not {}", schedule.timesteps(), args.steps);
-    }
-    let method = match args.sampler {
-        SamplerArg::Ddpm => Method::Ddpm,
-        SamplerArg::Ddim => Method::Ddim { steps: args.steps, eta: args.eta },
-        SamplerArg::Lecture => Method::Lecture,
-    };
+    let settings = SampleSettings::from_flags(&model, &schedule, args.sampler, args.steps, args.eta, args.guidance)?;
+    let (method, guidance) = (settings.method, settings.guidance);
 
     // x_T: read, or drawn from the seed; N follows from whichever input fixes it.
     let init = match &args.init_noise {
@@ -281,14 +306,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
         }
         (None, None) => grid_labels(&model, n),
     };
-    let guidance = args.guidance.unwrap_or(if labels.is_some() { DEFAULT_GUIDANCE } else { 0.0 });
-    if !guidance.is_finite() {
-        bail!("--guidance must be a number, not {guidance}");
-    }
-    if guidance != 0.0 && labels.is_none() {
-        bail!("--guidance needs a conditional model (trained with --classes 10)");
-    }
-    let settings = SampleSettings { method, guidance };
 
     // Fail before the work, not after: every output's folder must exist.
     for path in [Some(&args.out), args.npy.as_ref(), args.gif.as_ref(), args.strip.as_ref()].into_iter().flatten() {

@@ -4,41 +4,11 @@
 //! preset, zero steps, an output folder that cannot be written): a one-line
 //! error, a non-zero exit, and nothing half-written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
-const SHARED_MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env_remove("DDPM_DATA")
-        .output()
-        .expect("the xtask binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The command failed with exit code 1 and one `error:` line containing `needle`.
-#[track_caller]
-fn assert_fails_with(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "expected a failure, got {:?}: {err}", out.status);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line: {err}");
-    assert!(lines[0].contains(needle), "the error should mention {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-/// A fresh, empty folder for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod common;
+use common::{assert_fails_with, stderr, temp_dir, write_npy, xtask, FIXTURE, SHARED_MNIST};
 
 fn step_lines(log: &Path) -> Vec<u64> {
     std::fs::read_to_string(log)
@@ -48,22 +18,6 @@ fn step_lines(log: &Path) -> Vec<u64> {
         .filter(|v| v.get("loss").is_some())
         .map(|v| v["step"].as_u64().unwrap())
         .collect()
-}
-
-/// A float32 .npy file, written by hand (NumPy's format 1.0).
-fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
 }
 
 #[test]
@@ -199,7 +153,7 @@ fn bad_flags_are_refused_before_any_work() {
 #[test]
 fn bad_checkpoints_and_sampling_flags_are_refused() {
     let dir = temp_dir("sample");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/checkpoint_tiny_c10.safetensors");
+    let fixture = FIXTURE;
     let png = dir.join("out.png");
     let png_s = png.to_str().unwrap();
     let sample = |checkpoint: &str, extra: &[&str]| {

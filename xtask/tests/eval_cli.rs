@@ -4,68 +4,11 @@
 //! and nothing written.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+
+mod common;
+use common::{assert_fails_with, assert_succeeds, stderr, stdout, temp_dir, write_npy, xtask, FIXTURE, SHARED_MNIST};
 
 use ddpm::data::{Split, TEST_IMAGES, TEST_LABELS};
-
-const SHARED_MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/checkpoint_tiny_c10.safetensors");
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .env_remove("DDPM_DATA")
-        .output()
-        .expect("the xtask binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The command failed with exit code 1 and one `error:` line containing `needle`.
-#[track_caller]
-fn assert_fails_with(out: &Output, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(1), "expected a failure, got {:?}: {err}", out.status);
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(lines.len(), 1, "expected one error line: {err}");
-    assert!(lines[0].contains(needle), "the error should mention {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-#[track_caller]
-fn assert_succeeds(out: &Output) {
-    assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
-}
-
-/// A fresh, empty folder for one test.
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-eval-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A float32 .npy file, written by hand (NumPy's format 1.0).
-fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    std::fs::write(path, bytes).unwrap();
-}
 
 /// The first `n` t10k digits as samples.npy (in [-1, 1]) and their labels as labels.npy.
 fn real_digits(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
@@ -84,7 +27,7 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn real_digits_score_well_and_the_classifier_is_cached() {
-    let dir = temp_dir("real");
+    let dir = temp_dir("eval-real");
     let (samples, labels) = real_digits(&dir, 300);
     let classifier = dir.join("judge").join("lenet.safetensors");
     let eval = |extra: &[&str]| {
@@ -134,7 +77,7 @@ fn real_digits_score_well_and_the_classifier_is_cached() {
 
 #[test]
 fn samples_from_a_checkpoint_are_judged() {
-    let dir = temp_dir("checkpoint");
+    let dir = temp_dir("eval-checkpoint");
     let checkpoint = dir.join("model.safetensors");
     std::fs::copy(FIXTURE, &checkpoint).unwrap();
     let classifier = dir.join("lenet.safetensors");
@@ -168,7 +111,7 @@ fn samples_from_a_checkpoint_are_judged() {
 
 #[test]
 fn bad_inputs_are_refused_before_any_work() {
-    let dir = temp_dir("bad");
+    let dir = temp_dir("eval-bad");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let (classifier, report) = (path("lenet.safetensors"), path("report.json"));
     // Every report goes to the temporary folder, even from a case that would

@@ -241,11 +241,10 @@ impl Trainer {
         let k = self.step;
         let (x0, labels) = data.batch(self.batches.indices(k));
         let mut rng = stream(self.config.seed, Stream::Step, k);
-        let labels = (self.config.classes > 0).then(|| {
+        let labels: Option<Vec<usize>> = (self.config.classes > 0).then(|| {
             let null = self.config.classes;
             labels.into_iter().map(|y| if rng.gen::<f64>() < self.config.label_dropout { null } else { y }).collect()
         });
-        let labels: Option<Vec<usize>> = labels;
         let loss = train_loss(&self.model, &self.schedule, &x0, labels.as_deref(), &mut rng)?;
         let loss_value = loss.value().item()?;
         if !loss_value.is_finite() {
