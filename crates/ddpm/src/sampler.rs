@@ -26,28 +26,60 @@
 //! earlier t_prev along the predicted noise direction (eta = 0: deterministic).
 
 use ddpm_autograd::{no_grad, Result, Tensor, TensorError, Var};
+pub use ddpm_cuda::Update;
 use ddpm_nn::layers::Mode;
 use ddpm_nn::UNet;
 use rand::rngs::StdRng;
 
 use crate::Schedule;
 
-/// One DDPM ancestral step x_t -> x_{t-1} (paper Algorithm 2, line 4), as the
-/// reference computes it: coefficients in f64, rounded to f32, arithmetic in f32.
-/// `z` is ignored at t = 0.
-pub fn ddpm_step(schedule: &Schedule, x: &Tensor, t: usize, eps_hat: &Tensor, z: &Tensor) -> Result<Tensor> {
-    eps_hat.expect_shape("ddpm_step", x.shape())?;
-    z.expect_shape("ddpm_step", x.shape())?;
+/// The coefficients of one DDPM ancestral step x_t -> x_{t-1} (paper
+/// Algorithm 2, line 4), as the reference computes them: in f64, rounded to
+/// f32 (the step itself runs in f32). No noise at t = 0.
+pub fn ddpm_update(schedule: &Schedule, t: usize) -> Update {
     let (b, a, ab) = (schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]);
-    // b_t^2 / bbar_t in the lecture's notation, beta_t / sqrt(1 - alphabar_t) in the paper's.
-    let eps_coef = (b / (1.0 - ab).sqrt()) as f32;
-    let sqrt_a = a.sqrt() as f32; // a_t
-    let sigma = if t > 0 { b.sqrt() as f32 } else { 0.0 }; // b_t, or no noise at the last step
-    let mut out = x.to_vec();
-    for ((o, &e), &z) in out.iter_mut().zip(eps_hat.as_slice()).zip(z.as_slice()) {
-        *o = (*o - eps_coef * e) / sqrt_a + sigma * z;
+    Update::Ddpm {
+        // b_t^2 / bbar_t in the lecture's notation, beta_t / sqrt(1 - alphabar_t) in the paper's.
+        eps_coef: (b / (1.0 - ab).sqrt()) as f32,
+        sqrt_a: a.sqrt() as f32,                          // a_t
+        sigma: if t > 0 { b.sqrt() as f32 } else { 0.0 }, // b_t, or no noise at the last step
     }
+}
+
+/// The coefficients of one DDIM step x_t -> x_{t_prev} (Song et al. eq. 12),
+/// in f64 as the reference; `t_prev = None` means "to x_0" (alphabar_prev = 1).
+pub fn ddim_update(schedule: &Schedule, t: usize, t_prev: Option<usize>, eta: f64) -> Update {
+    let ab = schedule.alphas_cumprod[t];
+    let ab_prev = t_prev.map_or(1.0, |p| schedule.alphas_cumprod[p]);
+    let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt();
+    Update::Ddim { ab, ab_prev, sigma, dir: (1.0 - ab_prev - sigma * sigma).sqrt() }
+}
+
+/// Applies one step's update to x with the noise estimate `eps_hat` and the
+/// fresh noise `z`: the CPU twin of `kernels/sampling.cu`.
+pub fn apply_update(update: &Update, x: &Tensor, eps_hat: &Tensor, z: &Tensor) -> Result<Tensor> {
+    eps_hat.expect_shape("sampling step", x.shape())?;
+    z.expect_shape("sampling step", x.shape())?;
+    let terms = x.as_slice().iter().zip(eps_hat.as_slice()).zip(z.as_slice());
+    let out: Vec<f32> = match *update {
+        Update::Ddpm { eps_coef, sqrt_a, sigma } => {
+            terms.map(|((&x, &e), &z)| (x - eps_coef * e) / sqrt_a + sigma * z).collect()
+        }
+        Update::Ddim { ab, ab_prev, sigma, dir } => terms
+            .map(|((&x, &e), &z)| {
+                let (x, e, z) = (x as f64, e as f64, z as f64);
+                // The network's estimate of x_0: invert x_t = abar_t x_0 + bbar_t e.
+                let x0 = (x - (1.0 - ab).sqrt() * e) / ab.sqrt();
+                (ab_prev.sqrt() * x0 + dir * e + sigma * z) as f32
+            })
+            .collect(),
+    };
     Tensor::from_vec(out, x.shape().clone())
+}
+
+/// One DDPM ancestral step x_t -> x_{t-1}; `z` is ignored at t = 0.
+pub fn ddpm_step(schedule: &Schedule, x: &Tensor, t: usize, eps_hat: &Tensor, z: &Tensor) -> Result<Tensor> {
+    apply_update(&ddpm_update(schedule, t), x, eps_hat, z)
 }
 
 /// The DDIM timesteps of the reference: [(steps-1) k, ..., k, 0] with k = T / steps.
@@ -56,8 +88,7 @@ pub fn ddim_timesteps(timesteps: usize, steps: usize) -> Vec<usize> {
     (0..steps).rev().map(|i| i * k).collect()
 }
 
-/// One DDIM step x_t -> x_{t_prev} (Song et al. eq. 12), in f64 as the
-/// reference; `t_prev = None` means "to x_0" (alphabar_prev = 1).
+/// One DDIM step x_t -> x_{t_prev}; `t_prev = None` means "to x_0".
 pub fn ddim_step(
     schedule: &Schedule,
     x: &Tensor,
@@ -67,25 +98,7 @@ pub fn ddim_step(
     z: &Tensor,
     eta: f64,
 ) -> Result<Tensor> {
-    eps_hat.expect_shape("ddim_step", x.shape())?;
-    z.expect_shape("ddim_step", x.shape())?;
-    let ab = schedule.alphas_cumprod[t];
-    let ab_prev = t_prev.map_or(1.0, |p| schedule.alphas_cumprod[p]);
-    let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt();
-    let dir = (1.0 - ab_prev - sigma * sigma).sqrt();
-    let out: Vec<f32> = x
-        .as_slice()
-        .iter()
-        .zip(eps_hat.as_slice())
-        .zip(z.as_slice())
-        .map(|((&x, &e), &z)| {
-            let (x, e, z) = (x as f64, e as f64, z as f64);
-            // The network's estimate of x_0: invert x_t = abar_t x_0 + bbar_t e.
-            let x0 = (x - (1.0 - ab).sqrt() * e) / ab.sqrt();
-            (ab_prev.sqrt() * x0 + dir * e + sigma * z) as f32
-        })
-        .collect();
-    Tensor::from_vec(out, x.shape().clone())
+    apply_update(&ddim_update(schedule, t, t_prev, eta), x, eps_hat, z)
 }
 
 /// What the sampler conditions on.

@@ -13,6 +13,7 @@
 
 mod device;
 mod error;
+pub mod philox;
 pub mod pool;
 mod shape;
 mod tensor;

@@ -10,7 +10,7 @@ mod lanes;
 mod layout;
 mod matmul;
 mod max_pool;
-mod parallel;
+pub(crate) mod parallel;
 mod reduce;
 mod softmax;
 mod unary;
