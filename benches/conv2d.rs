@@ -1,4 +1,6 @@
-//! The CPU convolution kernels at the U-Net's shapes (batch 64, MNIST), in GFLOP/s.
+//! The convolution kernels at the U-Net's shapes (batch 64, MNIST), in GFLOP/s:
+//! the CPU's (im2col + GEMM on rayon), and where a GPU can be used the CUDA
+//! kernels of kernels/conv2d.cu (tiled implicit GEMM, and the naive reference).
 //!
 //! A convolution x [N, C, H, W] * weight [K, C, R, S] -> y [N, K, Ho, Wo] costs
 //! 2 N K C R S Ho Wo flops, and so does each of its two gradients (the same
@@ -6,6 +8,8 @@
 //! that many "elements", so the throughput it prints as `Gelem/s` is GFLOP/s.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ddpm_cuda::launch::ConvShape;
+use ddpm_cuda::{ConvKernel, Gpu};
 use ddpm_rs::tensor::ops::{conv2d_backward_input, conv2d_backward_weight, Conv2dParams};
 use ddpm_rs::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};
@@ -27,6 +31,13 @@ fn conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     let mut rng = StdRng::seed_from_u64(0);
+    let gpu = match ddpm_cuda::open() {
+        Ok(gpu) => Some(gpu),
+        Err(e) => {
+            eprintln!("GPU benches skipped: {e}");
+            None
+        }
+    };
     for &(cin, k, hw, r, stride, padding, what) in SHAPES {
         let p = Conv2dParams { stride, padding };
         let x = Tensor::randn([BATCH, cin, hw, hw], &mut rng);
@@ -37,6 +48,10 @@ fn conv2d(c: &mut Criterion) {
         let [_, _, ho, wo] = *y.dims() else { unreachable!() };
         // The "elements" are flops: one multiply and one add per weight tap per output.
         group.throughput(Throughput::Elements((2 * BATCH * k * cin * r * r * ho * wo) as u64));
+        if let Some(gpu) = &gpu {
+            let g = ConvShape { n: BATCH, c: cin, h: hw, w: hw, k, r, s: r, stride, pad: padding };
+            bench_gpu(&mut group, gpu, &g, what, [&x, &w, &b, &d_out]);
+        }
         group.bench_function(BenchmarkId::new("forward", what), |bench| {
             bench.iter(|| x.conv2d(&w, Some(&b), p).unwrap())
         });
@@ -48,6 +63,41 @@ fn conv2d(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The three CUDA kernels, tiled and naive, timed to completion (synchronised).
+fn bench_gpu(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    gpu: &Gpu,
+    g: &ConvShape,
+    what: &str,
+    [x, w, b, d_out]: [&Tensor; 4],
+) {
+    let up = |t: &Tensor| gpu.upload(t.as_slice()).unwrap();
+    let (x, w, b, d_out) = (up(x), up(w), up(b), up(d_out));
+    for (kernel, name) in [(ConvKernel::Tiled, "gpu_tiled"), (ConvKernel::Naive, "gpu_naive")] {
+        group.bench_function(BenchmarkId::new(format!("{name}/forward"), what), |bench| {
+            bench.iter(|| {
+                let y = gpu.conv2d_forward(kernel, g, &x, &w, Some(&b)).unwrap();
+                gpu.synchronize().unwrap();
+                y
+            })
+        });
+        group.bench_function(BenchmarkId::new(format!("{name}/backward_input"), what), |bench| {
+            bench.iter(|| {
+                let d = gpu.conv2d_backward_input(kernel, g, &d_out, &w).unwrap();
+                gpu.synchronize().unwrap();
+                d
+            })
+        });
+        group.bench_function(BenchmarkId::new(format!("{name}/backward_weight"), what), |bench| {
+            bench.iter(|| {
+                let d = gpu.conv2d_backward_weight(kernel, g, &x, &d_out).unwrap();
+                gpu.synchronize().unwrap();
+                d
+            })
+        });
+    }
 }
 
 criterion_group!(benches, conv2d);

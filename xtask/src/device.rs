@@ -25,15 +25,27 @@ impl fmt::Display for Device {
     }
 }
 
-/// Picks the device; the CUDA backend is not built yet, so `cuda` is an error
-/// and `auto` falls back to the CPU with a one-line notice.
+/// What stops the jobs from running on a GPU that is there: the kernels
+/// exist, the U-Net does not run on them yet.
+const NOT_YET: &str = "training and sampling do not run on the GPU yet (issue #6: the convolution, matmul and \
+                       sampling kernels are built; `cargo bench --bench kernels` times them)";
+
+/// Picks the device. `cuda` is an error when no GPU can be used, naming why
+/// (no driver, no NVRTC, no device), and, for now, also when one can;
+/// `auto` falls back to the CPU with a one-line notice.
 pub fn resolve(arg: DeviceArg) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Auto => {
-            eprintln!("note: the CUDA backend is not built yet (issue #6); running on the CPU");
+            match ddpm_cuda::open() {
+                Ok(gpu) => eprintln!("note: found {}, but {NOT_YET}; running on the CPU", gpu.describe()),
+                Err(e) => eprintln!("note: no usable GPU ({e}); running on the CPU"),
+            }
             Ok(Device::Cpu)
         }
-        DeviceArg::Cuda => bail!("--device cuda: the CUDA backend is not built yet (issue #6); use --device cpu"),
+        DeviceArg::Cuda => match ddpm_cuda::open() {
+            Ok(gpu) => bail!("--device cuda: found {}, but {NOT_YET}; use --device cpu", gpu.describe()),
+            Err(e) => bail!("--device cuda: {e}"),
+        },
     }
 }

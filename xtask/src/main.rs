@@ -17,6 +17,7 @@ mod lecture;
 mod npy;
 mod picture;
 mod sample;
+mod test;
 #[cfg(test)]
 mod testing;
 mod train;
@@ -42,6 +43,8 @@ enum Job {
     Lecture(lecture::LectureArgs),
     /// Images/s of the train step or the sampler's network evaluations.
     Bench(bench::BenchArgs),
+    /// The whole test suite as CI runs it: installs NVRTC and ptxas (for the CUDA kernels), then cargo test.
+    Test(test::TestArgs),
 }
 
 /// Errors end the program with one line and a non-zero exit, never a panic
@@ -64,5 +67,6 @@ fn run(cli: Cli) -> Result<()> {
         Job::Lecture(args) => lecture::run(args),
         Job::Eval(args) => eval::run(args),
         Job::Bench(args) => bench::run(args),
+        Job::Test(args) => test::run(args),
     }
 }
