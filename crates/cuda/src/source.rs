@@ -50,6 +50,20 @@ pub const MATMUL: Module = Module {
     kernels: &["matmul_f32"],
 };
 
+pub const ELEMENTWISE: Module = Module {
+    file: "elementwise.cu",
+    preludes: &[],
+    source: include_str!("../../../kernels/elementwise.cu"),
+    kernels: &["silu_f32", "add_assign_f32", "add_broadcast_f32", "concat2_f32", "upsample2x_f32"],
+};
+
+pub const SOFTMAX: Module = Module {
+    file: "softmax.cu",
+    preludes: &[REDUCE],
+    source: include_str!("../../../kernels/softmax.cu"),
+    kernels: &["softmax_rows_f32"],
+};
+
 pub const SAMPLING: Module = Module {
     file: "sampling.cu",
     preludes: &[],
@@ -65,7 +79,7 @@ pub const NORM: Module = Module {
 };
 
 /// Every module, in the order CI compiles them.
-pub const MODULES: &[Module] = &[CONV2D, MATMUL, NORM, SAMPLING];
+pub const MODULES: &[Module] = &[CONV2D, MATMUL, ELEMENTWISE, NORM, SOFTMAX, SAMPLING];
 
 impl Module {
     /// The program NVRTC compiles: the preludes, then the file.

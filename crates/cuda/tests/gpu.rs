@@ -5,7 +5,7 @@
 use ddpm::sampler::{apply_update, ddim_update, ddpm_update};
 use ddpm::{Schedule, ScheduleKind};
 use ddpm_cuda::launch::ConvShape;
-use ddpm_cuda::{ConvKernel, Gpu, MatmulShape, Step};
+use ddpm_cuda::{ConvKernel, DeviceOps, Executor, Gpu, MatmulShape, Step};
 use ddpm_tensor::ops::{
     conv2d_backward_input_reference, conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
 };
@@ -69,19 +69,12 @@ fn conv2d_kernels_match_the_cpu_reference_at_u_net_shapes() {
 #[test]
 fn matmul_matches_the_cpu() {
     let Some(gpu) = gpu() else { return };
-    let s = MatmulShape {
-        batch: 2,
-        m: 100,
-        n: 70,
-        l: 64,
-        transpose_a: false,
-        transpose_b: true,
-        shared_a: false,
-        shared_b: false,
-    };
+    let s = MatmulShape { transpose_b: true, ..MatmulShape::new(2, 100, 70, 64) };
     let (a, b) = (randn(&[2, 100, 64], 5), randn(&[2, 70, 64], 6));
     let want = a.matmul_nt(&b).unwrap();
-    let got = gpu.matmul(&s, &gpu.upload(a.as_slice()).unwrap(), &gpu.upload(b.as_slice()).unwrap()).unwrap();
+    let got = gpu
+        .matmul(&s, (&gpu.upload(a.as_slice()).unwrap(), 0), (&gpu.upload(b.as_slice()).unwrap(), 0), None, 1.0)
+        .unwrap();
     assert_close("matmul_nt", &gpu.download(&got).unwrap(), &want, s.l);
 }
 

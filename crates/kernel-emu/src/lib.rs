@@ -10,6 +10,8 @@
 use std::ffi::c_void;
 
 use ddpm_cuda::launch::Launch;
+use ddpm_cuda::source::Module;
+use ddpm_cuda::{Arg, Executor};
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -48,6 +50,7 @@ pub mod ffi {
             a: *const f32,
             b: *const f32,
             c: *mut f32,
+            bias: *const f32,
             m: i32,
             n: i32,
             l: i32,
@@ -56,8 +59,17 @@ pub mod ffi {
             stride_a: i64,
             stride_b: i64,
             stride_c: i64,
+            alpha: f32,
             accumulate: i32,
         );
+        // elementwise.cu
+        pub fn silu_f32(x: *const f32, y: *mut f32, n: i64);
+        pub fn add_assign_f32(x: *mut f32, y: *const f32, n: i64);
+        pub fn add_broadcast_f32(x: *mut f32, v: *const f32, rows: i64, inner: i32);
+        pub fn concat2_f32(a: *const f32, b: *const f32, out: *mut f32, outer: i64, ca: i64, cb: i64);
+        pub fn upsample2x_f32(x: *const f32, y: *mut f32, planes: i64, h: i32, w: i32);
+        // softmax.cu
+        pub fn softmax_rows_f32(x: *mut f32, cols: i32);
         // norm.cu
         pub fn group_norm_fwd_f32(
             x: *const f32,
@@ -161,4 +173,170 @@ pub fn launch<F: Fn() + Sync>(at: Launch, thread: F) {
     // Safety: emu_launch calls trampoline::<F> with the pointer we pass and
     // joins every thread before it returns.
     unsafe { emu_launch(dim(at.grid), dim(at.block), trampoline::<F>, &thread as *const F as *mut c_void) };
+}
+
+/// The emulated device: buffers are host vectors, and a launch runs the
+/// kernel's C++ build in [`launch`]. It implements the same [`Executor`] as
+/// the GPU, so `ddpm_cuda::DeviceOps` (and the U-Net and the sampler built
+/// on them) run in the tests through the very code the GPU runs.
+pub struct Emu;
+
+/// An argument reduced to what the C call needs.
+#[derive(Clone, Copy, Debug)]
+enum Value {
+    P(Shared<f32>),
+    I(i32),
+    L(i64),
+    U(u64),
+    F(f32),
+    D(f64),
+}
+
+impl<T> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:p}", self.0)
+    }
+}
+
+impl Executor for Emu {
+    type Buf = Vec<f32>;
+
+    fn zeros(&self, len: usize) -> ddpm_cuda::Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+
+    fn upload(&self, host: &[f32]) -> ddpm_cuda::Result<Vec<f32>> {
+        Ok(host.to_vec())
+    }
+
+    fn download(&self, buf: &Vec<f32>) -> ddpm_cuda::Result<Vec<f32>> {
+        Ok(buf.clone())
+    }
+
+    fn len(&self, buf: &Vec<f32>) -> usize {
+        buf.len()
+    }
+
+    fn launch(
+        &self,
+        module: &Module,
+        kernel: &'static str,
+        at: Launch,
+        args: &mut [Arg<'_, Vec<f32>>],
+    ) -> ddpm_cuda::Result<()> {
+        use Value::*;
+        assert!(module.kernels.contains(&kernel), "{kernel} is not listed for {}", module.file);
+        let v: Vec<Value> = args
+            .iter_mut()
+            .map(|a| match a {
+                Arg::In(b) => P(Shared::input(b)),
+                Arg::InAt(b, off) => P(Shared::input(&b[*off..])),
+                Arg::Out(b) => P(Shared::new(b)),
+                Arg::Null => P(Shared::null()),
+                Arg::I32(x) => I(*x),
+                Arg::I64(x) => L(*x),
+                Arg::U64(x) => U(*x),
+                Arg::F32(x) => F(*x),
+                Arg::F64(x) => D(*x),
+            })
+            .collect();
+        // Safety (every arm): the arguments are those DeviceOps pushed for
+        // this kernel, checked against the shapes; the pattern checks their kinds.
+        match (kernel, &v[..]) {
+            (
+                "conv2d_fwd_f32" | "conv2d_fwd_naive_f32",
+                &[P(x), P(w), P(b), P(y), I(n), I(c), I(h), I(wd), I(k), I(r), I(s), I(st), I(pd)],
+            ) => {
+                let f = if kernel == "conv2d_fwd_f32" { ffi::conv2d_fwd_f32 } else { ffi::conv2d_fwd_naive_f32 };
+                launch(at, || unsafe { f(x.get(), w.get(), b.get(), y.get(), n, c, h, wd, k, r, s, st, pd) })
+            }
+            (
+                "conv2d_bwd_input_f32"
+                | "conv2d_bwd_input_naive_f32"
+                | "conv2d_bwd_weight_f32"
+                | "conv2d_bwd_weight_naive_f32",
+                &[P(a), P(b), P(o), I(n), I(c), I(h), I(wd), I(k), I(r), I(s), I(st), I(pd)],
+            ) => {
+                let f = match kernel {
+                    "conv2d_bwd_input_f32" => ffi::conv2d_bwd_input_f32,
+                    "conv2d_bwd_input_naive_f32" => ffi::conv2d_bwd_input_naive_f32,
+                    "conv2d_bwd_weight_f32" => ffi::conv2d_bwd_weight_f32,
+                    _ => ffi::conv2d_bwd_weight_naive_f32,
+                };
+                launch(at, || unsafe { f(a.get(), b.get(), o.get(), n, c, h, wd, k, r, s, st, pd) })
+            }
+            (
+                "matmul_f32",
+                &[P(a), P(b), P(c), P(bias), I(m), I(n), I(l), I(ta), I(tb), L(sa), L(sb), L(sc), F(alpha), I(acc)],
+            ) => launch(at, || unsafe {
+                ffi::matmul_f32(a.get(), b.get(), c.get(), bias.get(), m, n, l, ta, tb, sa, sb, sc, alpha, acc)
+            }),
+            (
+                "group_norm_fwd_f32",
+                &[P(x), P(g), P(b), P(y), P(mean), P(rstd), I(c), I(hw), I(groups), F(eps), I(silu)],
+            ) => launch(at, || unsafe {
+                ffi::group_norm_fwd_f32(
+                    x.get(),
+                    g.get(),
+                    b.get(),
+                    y.get(),
+                    mean.get(),
+                    rstd.get(),
+                    c,
+                    hw,
+                    groups,
+                    eps,
+                    silu,
+                )
+            }),
+            (
+                "group_norm_bwd_f32",
+                &[P(x), P(g), P(b), P(dy), P(mean), P(rstd), P(dx), P(dg), P(db), I(c), I(hw), I(groups), I(silu)],
+            ) => launch(at, || unsafe {
+                ffi::group_norm_bwd_f32(
+                    x.get(),
+                    g.get(),
+                    b.get(),
+                    dy.get(),
+                    mean.get(),
+                    rstd.get(),
+                    dx.get(),
+                    dg.get(),
+                    db.get(),
+                    c,
+                    hw,
+                    groups,
+                    silu,
+                )
+            }),
+            ("sum_rows_f32", &[P(i), P(o), I(rows), I(cols)]) => {
+                launch(at, || unsafe { ffi::sum_rows_f32(i.get(), o.get(), rows, cols) })
+            }
+            ("silu_f32", &[P(x), P(y), L(n)]) => launch(at, || unsafe { ffi::silu_f32(x.get(), y.get(), n) }),
+            ("add_assign_f32", &[P(x), P(y), L(n)]) => {
+                launch(at, || unsafe { ffi::add_assign_f32(x.get(), y.get(), n) })
+            }
+            ("add_broadcast_f32", &[P(x), P(y), L(rows), I(inner)]) => {
+                launch(at, || unsafe { ffi::add_broadcast_f32(x.get(), y.get(), rows, inner) })
+            }
+            ("concat2_f32", &[P(a), P(b), P(o), L(outer), L(ca), L(cb)]) => {
+                launch(at, || unsafe { ffi::concat2_f32(a.get(), b.get(), o.get(), outer, ca, cb) })
+            }
+            ("upsample2x_f32", &[P(x), P(y), L(planes), I(h), I(w)]) => {
+                launch(at, || unsafe { ffi::upsample2x_f32(x.get(), y.get(), planes, h, w) })
+            }
+            ("softmax_rows_f32", &[P(x), I(cols)]) => launch(at, || unsafe { ffi::softmax_rows_f32(x.get(), cols) }),
+            ("randn_f32", &[P(o), U(n), U(seed), U(off)]) => {
+                launch(at, || unsafe { ffi::randn_f32(o.get(), n, seed, off) })
+            }
+            ("ddpm_step_f32", &[P(x), P(e), U(n), I(g), F(w), F(c), F(sa), F(sigma), U(seed), U(off)]) => {
+                launch(at, || unsafe { ffi::ddpm_step_f32(x.get(), e.get(), n, g, w, c, sa, sigma, seed, off) })
+            }
+            ("ddim_step_f32", &[P(x), P(e), U(n), I(g), F(w), D(ab), D(abp), D(sigma), D(dir), U(seed), U(off)]) => {
+                launch(at, || unsafe { ffi::ddim_step_f32(x.get(), e.get(), n, g, w, ab, abp, sigma, dir, seed, off) })
+            }
+            _ => panic!("emulation: no call for {kernel} with arguments {v:?}"),
+        }
+        Ok(())
+    }
 }

@@ -1,9 +1,10 @@
-//! Every CUDA kernel, run in CPU emulation (kernels/emu/cuda_emu.h) with the
-//! launch geometry the GPU uses, against the CPU reference.
+//! Every CUDA kernel, run in CPU emulation (kernels/emu/cuda_emu.h) through
+//! the same `DeviceOps` the GPU uses (argument checks, launch geometry),
+//! against the CPU reference.
 
-use ddpm_cuda::launch::{self, ConvShape, Launch};
-use ddpm_cuda::MatmulShape;
-use ddpm_kernel_emu::{ffi, launch as emulate, Shared};
+use ddpm_cuda::launch::{self, ConvShape};
+use ddpm_cuda::{ConvKernel, DeviceOps, MatmulShape, NormShape, Step};
+use ddpm_kernel_emu::{ffi, launch as emulate, Emu, Shared};
 use ddpm_tensor::ops::{
     conv2d_backward_input_reference, conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
 };
@@ -42,27 +43,6 @@ fn tensor(values: &[f32], dims: &[usize]) -> Tensor {
     Tensor::from_vec(values.to_vec(), Shape::from(dims.to_vec())).unwrap()
 }
 
-type ConvFwd =
-    unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, i32);
-type ConvBwd = unsafe extern "C" fn(*const f32, *const f32, *mut f32, i32, i32, i32, i32, i32, i32, i32, i32, i32);
-
-fn run_fwd(kernel: ConvFwd, at: Launch, g: &ConvShape, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-    let mut y = vec![f32::NAN; g.output_len()];
-    let (xp, wp, yp) = (Shared::input(x), Shared::input(w), Shared::new(&mut y));
-    let bp = bias.map_or(Shared::null(), Shared::input);
-    let [n, c, h, wd, k, r, s, st, pad] = g.args();
-    emulate(at, || unsafe { kernel(xp.get(), wp.get(), bp.get(), yp.get(), n, c, h, wd, k, r, s, st, pad) });
-    y
-}
-
-fn run_bwd(kernel: ConvBwd, at: Launch, g: &ConvShape, a: &[f32], b: &[f32], out_len: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; out_len];
-    let (ap, bp, op) = (Shared::input(a), Shared::input(b), Shared::new(&mut out));
-    let [n, c, h, wd, k, r, s, st, pad] = g.args();
-    emulate(at, || unsafe { kernel(ap.get(), bp.get(), op.get(), n, c, h, wd, k, r, s, st, pad) });
-    out
-}
-
 #[test]
 fn conv2d_forward_tiled_and_naive_match_the_reference() {
     for (i, g) in conv_cases().into_iter().enumerate() {
@@ -76,14 +56,14 @@ fn conv2d_forward_tiled_and_naive_match_the_reference() {
         )
         .unwrap();
         let terms = g.c * g.r * g.s;
-        let tiled = run_fwd(ffi::conv2d_fwd_f32, g.forward(), &g, &x, &w, Some(&b));
+        let tiled = Emu.conv2d_forward(ConvKernel::Tiled, &g, &x, &w, Some(&b)).unwrap();
         assert_close(&format!("tiled forward, case {i} {g:?}"), &tiled, want.as_slice(), terms);
-        let naive = run_fwd(ffi::conv2d_fwd_naive_f32, launch::elementwise(g.output_len()), &g, &x, &w, Some(&b));
+        let naive = Emu.conv2d_forward(ConvKernel::Naive, &g, &x, &w, Some(&b)).unwrap();
         assert_close(&format!("naive forward, case {i}"), &naive, want.as_slice(), terms);
         // Without a bias (a null pointer).
         let no_bias =
             conv2d_reference(&tensor(&x, &[g.n, g.c, g.h, g.w]), &tensor(&w, &[g.k, g.c, g.r, g.s]), None, p).unwrap();
-        let tiled = run_fwd(ffi::conv2d_fwd_f32, g.forward(), &g, &x, &w, None);
+        let tiled = Emu.conv2d_forward(ConvKernel::Tiled, &g, &x, &w, None).unwrap();
         assert_close(&format!("tiled forward without bias, case {i}"), &tiled, no_bias.as_slice(), terms);
     }
 }
@@ -102,10 +82,9 @@ fn conv2d_input_gradient_tiled_and_naive_match_the_reference() {
         )
         .unwrap();
         let terms = g.k * g.r * g.s;
-        let tiled = run_bwd(ffi::conv2d_bwd_input_f32, g.backward_input(), &g, &d_y, &w, g.input_len());
+        let tiled = Emu.conv2d_backward_input(ConvKernel::Tiled, &g, &d_y, &w).unwrap();
         assert_close(&format!("tiled input gradient, case {i} {g:?}"), &tiled, want.as_slice(), terms);
-        let at = launch::elementwise(g.input_len());
-        let naive = run_bwd(ffi::conv2d_bwd_input_naive_f32, at, &g, &d_y, &w, g.input_len());
+        let naive = Emu.conv2d_backward_input(ConvKernel::Naive, &g, &d_y, &w).unwrap();
         assert_close(&format!("naive input gradient, case {i}"), &naive, want.as_slice(), terms);
     }
 }
@@ -124,28 +103,27 @@ fn conv2d_weight_gradient_tiled_and_naive_match_the_reference() {
         )
         .unwrap();
         let terms = g.n * g.ho() * g.wo();
-        let tiled = run_bwd(ffi::conv2d_bwd_weight_f32, g.backward_weight(), &g, &x, &d_y, g.weight_len());
+        let tiled = Emu.conv2d_backward_weight(ConvKernel::Tiled, &g, &x, &d_y).unwrap();
         assert_close(&format!("tiled weight gradient, case {i} {g:?}"), &tiled, want.as_slice(), terms);
-        let at = launch::elementwise(g.weight_len());
-        let naive = run_bwd(ffi::conv2d_bwd_weight_naive_f32, at, &g, &x, &d_y, g.weight_len());
+        let naive = Emu.conv2d_backward_weight(ConvKernel::Naive, &g, &x, &d_y).unwrap();
         assert_close(&format!("naive weight gradient, case {i}"), &naive, want.as_slice(), terms);
     }
 }
 
-/// C[b] = op(A[b]) op(B[b]) by the definition, in f64.
-fn matmul_reference(s: &MatmulShape, a: &[f32], b: &[f32]) -> Vec<f32> {
-    let [sa, sb, _] = s.strides().map(|v| v as usize);
+/// C[b] = alpha op(A[b]) op(B[b]) + bias by the definition, in f64.
+fn matmul_reference(s: &MatmulShape, a: &[f32], b: &[f32], bias: Option<&[f32]>, alpha: f32) -> Vec<f32> {
     let mut c = vec![0.0f32; s.c_len()];
     for bi in 0..s.batch {
+        let (a, b) = (&a[bi * s.stride_a..], &b[bi * s.stride_b..]);
         for i in 0..s.m {
             for j in 0..s.n {
                 let mut acc = 0.0f64;
                 for k in 0..s.l {
-                    let av = if s.transpose_a { a[bi * sa + k * s.m + i] } else { a[bi * sa + i * s.l + k] };
-                    let bv = if s.transpose_b { b[bi * sb + j * s.l + k] } else { b[bi * sb + k * s.n + j] };
+                    let av = if s.transpose_a { a[k * s.m + i] } else { a[i * s.l + k] };
+                    let bv = if s.transpose_b { b[j * s.l + k] } else { b[k * s.n + j] };
                     acc += av as f64 * bv as f64;
                 }
-                c[(bi * s.m + i) * s.n + j] = acc as f32;
+                c[(bi * s.m + i) * s.n + j] = alpha * acc as f32 + bias.map_or(0.0, |b| b[j]);
             }
         }
     }
@@ -153,21 +131,24 @@ fn matmul_reference(s: &MatmulShape, a: &[f32], b: &[f32]) -> Vec<f32> {
 }
 
 #[test]
-fn matmul_matches_the_definition_for_every_transpose_and_a_shared_operand() {
-    for (ta, tb, shared_b) in [(false, false, false), (true, false, false), (false, true, true), (true, true, false)] {
-        let s =
-            MatmulShape { batch: 3, m: 70, n: 33, l: 20, transpose_a: ta, transpose_b: tb, shared_a: false, shared_b };
-        let (a, b) = (randn(s.a_len(), 8), randn(s.b_len(), 9));
-        let want = matmul_reference(&s, &a, &b);
-        let mut c = vec![f32::NAN; s.c_len()];
-        let (ap, bp, cp) = (Shared::input(&a), Shared::input(&b), Shared::new(&mut c));
-        let [m, n, l, ta_i, tb_i] = s.args();
-        let [sa, sb, sc] = s.strides();
-        emulate(launch::tiled_gemm(s.m, s.n, s.batch), || unsafe {
-            ffi::matmul_f32(ap.get(), bp.get(), cp.get(), m, n, l, ta_i, tb_i, sa, sb, sc, 0)
-        });
+fn matmul_matches_the_definition_for_every_transpose_stride_and_bias() {
+    let cases = [
+        // (transpose a, transpose b, stride of a, stride of b, offset of a, bias)
+        (false, false, 70 * 20, 20 * 33, 0, false),
+        (true, false, 70 * 20, 20 * 33, 0, true),
+        (false, true, 70 * 20, 0, 0, true),             // a weight shared by the batch
+        (true, true, 3 * 70 * 20, 20 * 33, 140, false), // read out of a larger tensor
+    ];
+    for (ta, tb, stride_a, stride_b, offset, with_bias) in cases {
+        let s = MatmulShape { batch: 3, m: 70, n: 33, l: 20, transpose_a: ta, transpose_b: tb, stride_a, stride_b };
+        let (a, b, bias) = (randn(offset + s.a_len() + 5, 8), randn(s.b_len(), 9), randn(s.n, 10));
+        let bias = with_bias.then_some(&bias);
+        let want = matmul_reference(&s, &a[offset..], &b, bias.map(|b| &b[..]), 0.5);
+        let c = Emu.matmul(&s, (&a, offset), (&b, 0), bias, 0.5).unwrap();
         assert_close(&format!("matmul {s:?}"), &c, &want, s.l);
     }
+    let s = MatmulShape::new(2, 4, 4, 4);
+    assert!(Emu.matmul(&s, (&vec![0.0; 31], 0), (&vec![0.0; 32], 0), None, 1.0).is_err(), "a short operand is refused");
 }
 
 #[test]
@@ -187,10 +168,7 @@ fn philox_kernel_gives_the_cpu_words_and_the_cpu_normals() {
 
     let n = 1000;
     let (seed, offset) = (0x1234_5678_9abc_def0u64, (1u64 << 33) + 5);
-    let mut z = vec![f32::NAN; n];
-    let zp = Shared::new(&mut z);
-    emulate(launch::elementwise(n), || unsafe { ffi::randn_f32(zp.get(), n as u64, seed, offset) });
-    assert_eq!(z, Tensor::randn_philox([n], seed, offset).to_vec());
+    assert_eq!(Emu.randn(n, seed, offset).unwrap(), Tensor::randn_philox([n], seed, offset).to_vec());
 }
 
 /// The guided estimate (1 + w) c - w u, as `sampler::predict_noise` forms it.
@@ -203,7 +181,7 @@ fn guided(eps: &[f32], n: usize, w: Option<f32>) -> Vec<f32> {
 
 #[test]
 fn sampling_step_kernels_match_the_cpu_sampler_with_the_same_noise() {
-    use ddpm::sampler::{apply_update, ddim_update, ddpm_update, Update};
+    use ddpm::sampler::{apply_update, ddim_update, ddpm_update};
     use ddpm::{Schedule, ScheduleKind};
     let schedule = Schedule::new(ScheduleKind::Linear, 1000);
     let n = 600;
@@ -224,18 +202,7 @@ fn sampling_step_kernels_match_the_cpu_sampler_with_the_same_noise() {
             let want = apply_update(&update, &tensor(&x, &[n]), &tensor(&guided(&eps, n, w), &[n]), &z).unwrap();
 
             let mut got = x.clone();
-            let (xp, ep) = (Shared::new(&mut got), Shared::input(&eps));
-            let (g, gw) = (i32::from(w.is_some()), w.unwrap_or(0.0));
-            emulate(launch::elementwise(n), || unsafe {
-                match update {
-                    Update::Ddpm { eps_coef, sqrt_a, sigma } => {
-                        ffi::ddpm_step_f32(xp.get(), ep.get(), n as u64, g, gw, eps_coef, sqrt_a, sigma, seed, offset)
-                    }
-                    Update::Ddim { ab, ab_prev, sigma, dir } => {
-                        ffi::ddim_step_f32(xp.get(), ep.get(), n as u64, g, gw, ab, ab_prev, sigma, dir, seed, offset)
-                    }
-                }
-            });
+            Emu.sampling_step(&mut got, &eps, &Step { update, guidance: w, seed, offset }).unwrap();
             assert_close(&format!("{update:?} guidance {w:?}"), &got, want.as_slice(), 1);
         }
     }
@@ -263,63 +230,51 @@ fn group_norm_forward_and_backward_match_the_cpu_with_and_without_silu() {
                 group_norm_backward(&x, &stats, &gamma, groups, &d_y).unwrap()
             };
 
-            let rows = n * groups;
-            let (mut y, mut mean, mut rstd) = (vec![f32::NAN; x.numel()], vec![f32::NAN; rows], vec![f32::NAN; rows]);
-            let (xp, gp, bp) =
-                (Shared::input(x.as_slice()), Shared::input(gamma.as_slice()), Shared::input(beta.as_slice()));
-            let (yp, mp, rp) = (Shared::new(&mut y), Shared::new(&mut mean), Shared::new(&mut rstd));
-            let (ci, hwi, gi, si) = (c as i32, hw as i32, groups as i32, i32::from(silu));
-            emulate(launch::per_row(rows), || unsafe {
-                ffi::group_norm_fwd_f32(
-                    xp.get(),
-                    gp.get(),
-                    bp.get(),
-                    yp.get(),
-                    mp.get(),
-                    rp.get(),
-                    ci,
-                    hwi,
-                    gi,
-                    1e-5,
-                    si,
-                )
-            });
+            let g = NormShape { n, c, hw, groups, silu };
+            let (y, mean, rstd) =
+                Emu.group_norm_forward(&g, &x.to_vec(), &gamma.to_vec(), &beta.to_vec(), 1e-5).unwrap();
             let what = format!("[{n}, {c}, {hw}] in {groups} groups, silu {silu}");
             assert_close(&format!("forward {what}"), &y, want_y.as_slice(), 1);
             assert_close(&format!("mean {what}"), &mean, &stats.mean, 1);
             assert_close(&format!("rstd {what}"), &rstd, &stats.rstd, 1);
-
-            let mut dx = vec![f32::NAN; x.numel()];
-            let (mut dg_part, mut db_part) = (vec![f32::NAN; n * c], vec![f32::NAN; n * c]);
-            let dyp = Shared::input(d_y.as_slice());
-            let (dxp, dgp, dbp) = (Shared::new(&mut dx), Shared::new(&mut dg_part), Shared::new(&mut db_part));
-            let (mp, rp) = (Shared::input(&mean), Shared::input(&rstd));
-            emulate(launch::per_row(rows), || unsafe {
-                ffi::group_norm_bwd_f32(
-                    xp.get(),
-                    gp.get(),
-                    bp.get(),
-                    dyp.get(),
-                    mp.get(),
-                    rp.get(),
-                    dxp.get(),
-                    dgp.get(),
-                    dbp.get(),
-                    ci,
-                    hwi,
-                    gi,
-                    si,
-                )
-            });
+            let (dx, dgamma, dbeta) = Emu
+                .group_norm_backward(&g, &x.to_vec(), &gamma.to_vec(), &beta.to_vec(), &mean, &rstd, &d_y.to_vec())
+                .unwrap();
             assert_close(&format!("input gradient {what}"), &dx, want_dx.as_slice(), c / groups * hw);
-            let mut dgamma = vec![f32::NAN; c];
-            let mut dbeta = vec![f32::NAN; c];
-            for (part, out) in [(&dg_part, &mut dgamma), (&db_part, &mut dbeta)] {
-                let (ip, op) = (Shared::input(part), Shared::new(out));
-                emulate(launch::elementwise(c), || unsafe { ffi::sum_rows_f32(ip.get(), op.get(), n as i32, ci) });
-            }
             assert_close(&format!("gamma gradient {what}"), &dgamma, want_dgamma.as_slice(), n * hw);
             assert_close(&format!("beta gradient {what}"), &dbeta, want_dbeta.as_slice(), n * hw);
         }
+    }
+}
+
+#[test]
+fn pointwise_and_layout_kernels_match_the_tensor_ops() {
+    let (n, c, h, w) = (2, 3, 5, 7);
+    let x = tensor(&randn(n * c * h * w, 30), &[n, c, h, w]);
+    let y = tensor(&randn(n * c * h * w, 31), &[n, c, h, w]);
+    assert_close("silu", &Emu.silu(&x.to_vec()).unwrap(), x.silu().as_slice(), 1);
+
+    let mut sum = x.to_vec();
+    Emu.add_assign(&mut sum, &y.to_vec()).unwrap();
+    assert_close("add_assign", &sum, x.add(&y).unwrap().as_slice(), 1);
+
+    let v = tensor(&randn(n * c, 32), &[n, c, 1, 1]);
+    let mut b = x.to_vec();
+    Emu.add_broadcast(&mut b, &v.to_vec(), h * w).unwrap();
+    assert_close("add_broadcast", &b, x.add(&v).unwrap().as_slice(), 1);
+
+    let z = tensor(&randn(n * 4 * h * w, 33), &[n, 4, h, w]);
+    let cat = Emu.concat2(&x.to_vec(), &z.to_vec(), n, c * h * w, 4 * h * w).unwrap();
+    assert_eq!(cat, Tensor::concat(&[&x, &z], 1).unwrap().to_vec(), "concat along channels");
+
+    let up = Emu.upsample2x(&x.to_vec(), n * c, h, w).unwrap();
+    assert_eq!(up, x.upsample_nearest2x().unwrap().to_vec(), "upsample");
+
+    // Rows longer than the block (300) and shorter (49), with large values.
+    for cols in [300, 49] {
+        let m = tensor(&randn(6 * cols, 34).iter().map(|v| 20.0 * v).collect::<Vec<_>>(), &[6, cols]);
+        let mut s = m.to_vec();
+        Emu.softmax_rows(&mut s, cols).unwrap();
+        assert_close(&format!("softmax rows of {cols}"), &s, m.softmax().unwrap().as_slice(), 1);
     }
 }
