@@ -9,7 +9,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ddpm_cuda::launch::ConvShape;
-use ddpm_cuda::{ConvKernel, Gpu};
+use ddpm_cuda::{ConvKernel, DeviceOps, Executor, Gpu};
 use ddpm_rs::tensor::ops::{conv2d_backward_input, conv2d_backward_weight, Conv2dParams};
 use ddpm_rs::tensor::Tensor;
 use rand::{rngs::StdRng, SeedableRng};

@@ -2,8 +2,9 @@
 // that their logic is tested on machines without a GPU (CI has none).
 //
 // The model is the one nvcc's old device emulation used:
-// - a launch runs its blocks one after another; the threads of a block run
-//   at once, as OS threads (so __syncthreads really synchronises them);
+// - a launch runs its blocks one after another; the threads of a block are
+//   fibers on one OS thread, and __syncthreads switches to the next fiber,
+//   so that every thread reaches the barrier before any goes past it;
 // - `__shared__` variables become function statics: one copy, which is
 //   per-block memory because only one block runs at a time (and only one
 //   launch at a time: emu_launch holds a global lock);
@@ -11,8 +12,8 @@
 // - atomicAdd is a compare-and-swap loop; there are no warp shuffles, because
 //   the kernels do not use them.
 //
-// It is a test harness, not a second backend: it is slow (hundreds of OS
-// threads per launch) and only for the small shapes of the tests. The kernels
+// It is a test harness, not a second backend: it is slow (every thread of
+// the grid in turn on one core) and only for the small shapes of the tests. The kernels
 // must follow CUDA's rules for it to mean anything: no __syncthreads in a
 // branch that not every thread of the block takes, no dynamic shared memory.
 #pragma once
@@ -35,7 +36,6 @@ struct uint4 {
 };
 
 namespace emu {
-struct Barrier;
 extern thread_local uint3 thread_idx;
 extern thread_local uint3 block_idx;
 extern thread_local dim3 block_dim;

@@ -14,6 +14,7 @@
 //!   distance of its features (FLD), accuracy as asked, class balance.
 
 pub mod data;
+pub mod device;
 pub mod eval;
 pub mod loss;
 pub mod rng;

@@ -36,17 +36,19 @@ impl Module for Block {
 pub struct UNet {
     pub preset: Preset,
     pub num_classes: usize,
-    base: usize,
+    // The layers are public for other executors of the same forward pass
+    // (`ddpm::device` runs it with the CUDA kernels); `forward` is the spec.
+    pub base: usize,
     /// Linear(base, 4 base), SiLU, Linear(4 base, 4 base): names time_mlp.0 and time_mlp.2.
-    time_mlp: (Linear, Linear),
+    pub time_mlp: (Linear, Linear),
     /// num_classes + 1 rows: the last is "no label", for classifier-free guidance.
-    class_emb: Option<Embedding>,
-    stem: Conv2d,
-    down: Vec<Block>,
-    mid: (ResBlock, AttnBlock, ResBlock),
-    up: Vec<Block>,
-    out_norm: GroupNorm,
-    out_conv: Conv2d,
+    pub class_emb: Option<Embedding>,
+    pub stem: Conv2d,
+    pub down: Vec<Block>,
+    pub mid: (ResBlock, AttnBlock, ResBlock),
+    pub up: Vec<Block>,
+    pub out_norm: GroupNorm,
+    pub out_conv: Conv2d,
 }
 
 impl UNet {

@@ -1,0 +1,86 @@
+//! The U-Net's forward pass and the sampling loop as the GPU runs them
+//! (`ddpm::device`, the kernels through `DeviceOps`), here in CPU emulation,
+//! against the CPU implementation, on the 15-minute model of the README.
+
+use std::path::PathBuf;
+
+use ddpm::device::{run_on_device, DeviceUNet};
+use ddpm::sampler::{self, ddpm_step, predict_noise, Conditioning, Method};
+use ddpm::{Schedule, ScheduleKind};
+use ddpm_autograd::{Tensor, Var};
+use ddpm_kernel_emu::Emu;
+use ddpm_nn::checkpoint::{load_into, read_metadata};
+use ddpm_nn::layers::Mode;
+use ddpm_nn::{Module, UNet};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+fn trained_model() -> UNet {
+    let ckpt = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/rust_trained_tiny_c10.safetensors");
+    let meta = read_metadata(&ckpt).unwrap();
+    let model = UNet::new(meta.preset.parse().unwrap(), meta.num_classes, &mut StdRng::seed_from_u64(0));
+    load_into(&ckpt, &model.named_params()).unwrap();
+    model
+}
+
+/// The largest difference relative to the reference's largest magnitude.
+fn relative_error(got: &[f32], want: &Tensor) -> f32 {
+    let scale = want.as_slice().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    got.iter().zip(want.as_slice()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale
+}
+
+#[test]
+fn the_device_forward_pass_matches_the_cpu_u_net() {
+    let model = trained_model();
+    let x = Tensor::randn([3, 1, 28, 28], &mut StdRng::seed_from_u64(1));
+    let (t, y) = ([5usize, 400, 999], [3usize, 7, 10]);
+    let want = model.forward(&Var::constant(x.clone()), &t, Some(&y), &mut Mode::Eval).unwrap().value();
+
+    let device = DeviceUNet::upload(&Emu, &model).unwrap();
+    let got = device.forward(&Emu, &x.to_vec(), 3, &t, Some(&y)).unwrap();
+    let err = relative_error(&got, &want);
+    assert!(err < 1e-4, "relative error {err:.2e}");
+
+    let short = device.forward(&Emu, &x.to_vec(), 3, &t[..2], Some(&y));
+    assert!(short.is_err(), "two timesteps for three images are refused");
+}
+
+#[test]
+fn ddim_with_guidance_on_the_device_matches_the_cpu_sampler() {
+    let model = trained_model();
+    let schedule = Schedule::new(ScheduleKind::Linear, 1000);
+    let x_t = Tensor::randn([2, 1, 28, 28], &mut StdRng::seed_from_u64(2));
+    let labels = [4usize, 9];
+    let cond = Conditioning { labels: Some(&labels), guidance: 1.0 };
+    let method = Method::Ddim { steps: 3, eta: 0.0 };
+    let want =
+        sampler::run(&model, &schedule, &x_t, method, cond, &mut StdRng::seed_from_u64(0), &mut |_, _, _| {}).unwrap();
+
+    let device = DeviceUNet::upload(&Emu, &model).unwrap();
+    let got = run_on_device(&Emu, &device, &schedule, &x_t, method, cond, 0).unwrap();
+    let err = relative_error(got.as_slice(), &want);
+    assert!(err < 1e-4, "relative error {err:.2e}");
+}
+
+/// DDPM adds noise at every step: the device draws it from Philox, and so
+/// does this CPU loop, with the same (seed, step) convention.
+#[test]
+fn ddpm_on_the_device_draws_the_same_noise_as_the_cpu() {
+    let model = trained_model();
+    // Three steps: the emulation is slow, and the U-Net does not know T.
+    let schedule = Schedule::new(ScheduleKind::Linear, 3);
+    let x_t = Tensor::randn([2, 1, 28, 28], &mut StdRng::seed_from_u64(3));
+    let cond = Conditioning { labels: Some(&[1, 8]), guidance: 0.0 };
+    let seed = 77;
+    let mut want = x_t.clone();
+    for (i, t) in (0..3).rev().enumerate() {
+        let eps = predict_noise(&model, &want, t, cond).unwrap();
+        let z = Tensor::randn_philox(x_t.shape().clone(), seed, i as u64);
+        want = ddpm_step(&schedule, &want, t, &eps, &z).unwrap();
+    }
+
+    let device = DeviceUNet::upload(&Emu, &model).unwrap();
+    let got = run_on_device(&Emu, &device, &schedule, &x_t, Method::Ddpm, cond, seed).unwrap();
+    let err = relative_error(got.as_slice(), &want);
+    assert!(err < 1e-4, "relative error {err:.2e}");
+}
