@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use ddpm::device::DeviceUNet;
 use ddpm::{train_loss, Schedule, ScheduleKind};
 use ddpm_autograd::{no_grad, Tensor, Var};
+use ddpm_cuda::{Executor, Gpu};
 use ddpm_nn::layers::Mode;
 use ddpm_nn::optim::{clip_grad_norm, Adam, AdamConfig};
 use ddpm_nn::{Module, Preset, UNet};
 use rand::{rngs::StdRng, SeedableRng};
 
-use crate::device::{resolve, DeviceArg};
+use crate::device::{resolve, Device, DeviceArg, Work, TRAINING};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Workload {
@@ -52,7 +54,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.classes != 0 && args.classes != 10 {
         bail!("--classes must be 0 or 10, not {}", args.classes);
     }
-    let device = resolve(args.device)?;
+    let work = match args.workload {
+        Workload::Train => TRAINING,
+        Workload::Sample => Work::Sampling,
+    };
+    let device = resolve(args.device, work)?;
     let mut rng = StdRng::seed_from_u64(0);
     let model = UNet::new(args.preset, args.classes, &mut rng);
     let params: Vec<Var> = model.named_params().into_iter().map(|(_, p)| p).collect();
@@ -71,6 +77,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.steps,
         rayon::current_num_threads()
     );
+    if let Device::Cuda(gpu) = &device {
+        return bench_gpu_forward(gpu, &model, &x0, labels, &args);
+    }
     let mut phases = [Duration::ZERO; 3]; // forward, backward, optimiser
     let mut total = Duration::ZERO;
     for step in 0..args.steps + 2 {
@@ -112,6 +121,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(table) = ddpm_autograd::profile::report(args.steps) {
         println!("\nper op (DDPM_PROFILE=1; wall time on the calling thread):\n{table}");
     }
+    println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
+    Ok(())
+}
+
+/// The sampler's network evaluation on the GPU (`ddpm::device`): weights and
+/// input uploaded once, each step timed to completion.
+fn bench_gpu_forward(gpu: &Gpu, model: &UNet, x0: &Tensor, labels: Option<&[usize]>, args: &BenchArgs) -> Result<()> {
+    let device_model = DeviceUNet::upload(gpu, model)?;
+    let x = gpu.upload(x0.as_slice())?;
+    let t = vec![500; args.batch];
+    let mut total = Duration::ZERO;
+    for step in 0..args.steps + 2 {
+        let start = Instant::now();
+        let eps = device_model.forward(gpu, &x, args.batch, &t, labels)?;
+        gpu.synchronize()?;
+        drop(eps);
+        if step >= 2 {
+            total += start.elapsed();
+        }
+    }
+    println!("| forward   | {:>7.1} |", total.as_secs_f64() * 1e3 / args.steps as f64);
     println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use anyhow::{bail, Result};
 use clap::ValueEnum;
+use ddpm_cuda::Gpu;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DeviceArg {
@@ -14,38 +15,55 @@ pub enum DeviceArg {
 }
 
 /// The device a job runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
     Cpu,
+    Cuda(Gpu),
 }
 
 impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("cpu (rayon)")
+        match self {
+            Device::Cpu => f.write_str("cpu (rayon)"),
+            Device::Cuda(gpu) => write!(f, "cuda ({})", gpu.describe()),
+        }
     }
 }
 
-/// What stops the jobs from running on a GPU that is there: the kernels
-/// exist, the U-Net does not run on them yet.
-const NOT_YET: &str = "training and sampling do not run on the GPU yet (issue #6: the convolution, matmul and \
-                       sampling kernels are built; `cargo bench --bench kernels` times them)";
+/// What a job does on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// The U-Net's forward pass and the sampling loop: built for the GPU.
+    Sampling,
+    /// Work that runs on the CPU only, and why (training: issue #6).
+    CpuOnly(&'static str),
+}
 
-/// Picks the device. `cuda` is an error when no GPU can be used, naming why
-/// (no driver, no NVRTC, no device), and, for now, also when one can;
-/// `auto` falls back to the CPU with a one-line notice.
-pub fn resolve(arg: DeviceArg) -> Result<Device> {
+/// Training: the backward pass and the optimiser are not on the GPU yet.
+pub const TRAINING: Work = Work::CpuOnly("training does not run on the GPU yet (issue #6: sampling does)");
+
+/// Picks the device for `work`. `cuda` is an error when no GPU can be used,
+/// naming why (no driver, no NVRTC, no device), or when the work does not
+/// run on the GPU yet; `auto` then falls back to the CPU with a one-line notice.
+pub fn resolve(arg: DeviceArg, work: Work) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Auto => {
-            match ddpm_cuda::open() {
-                Ok(gpu) => eprintln!("note: found {}, but {NOT_YET}; running on the CPU", gpu.describe()),
-                Err(e) => eprintln!("note: no usable GPU ({e}); running on the CPU"),
+        DeviceArg::Auto => match (ddpm_cuda::open(), work) {
+            (Ok(gpu), Work::Sampling) => Ok(Device::Cuda(gpu)),
+            (Ok(gpu), Work::CpuOnly(why)) => {
+                eprintln!("note: found {}, but {why}; running on the CPU", gpu.describe());
+                Ok(Device::Cpu)
             }
-            Ok(Device::Cpu)
-        }
-        DeviceArg::Cuda => match ddpm_cuda::open() {
-            Ok(gpu) => bail!("--device cuda: found {}, but {NOT_YET}; use --device cpu", gpu.describe()),
-            Err(e) => bail!("--device cuda: {e}"),
+            (Err(e), _) => {
+                eprintln!("note: no usable GPU ({e}); running on the CPU");
+                Ok(Device::Cpu)
+            }
+        },
+        DeviceArg::Cuda => match (ddpm_cuda::open(), work) {
+            (Ok(gpu), Work::Sampling) => Ok(Device::Cuda(gpu)),
+            (Ok(gpu), Work::CpuOnly(why)) => {
+                bail!("--device cuda: found {}, but {why}; use --device cpu", gpu.describe())
+            }
+            (Err(e), _) => bail!("--device cuda: {e}"),
         },
     }
 }

@@ -44,6 +44,7 @@ use serde_json::{json, Value};
 
 use crate::device::{resolve, DeviceArg};
 use crate::npy;
+use crate::sample::work_of;
 use crate::sample::{draw, grid_labels, load_model, SampleSettings, SamplerArg};
 
 #[derive(Args)]
@@ -116,7 +117,7 @@ impl Source {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = resolve(args.device)?;
+    let device = resolve(args.device, work_of(args.sampler))?;
     if args.train_limit == Some(0) || args.epochs == Some(0) {
         bail!("--train-limit and --epochs must be at least 1");
     }
@@ -154,7 +155,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 model.num_classes,
                 settings.describe()
             );
-            (draw(model, schedule, settings, n, labels.as_deref(), args.seed, true)?, labels)
+            (draw(model, schedule, settings, n, labels.as_deref(), args.seed, true, &device)?, labels)
         }
         Source::File { images, labels, .. } => (images.clone(), labels.as_ref().map(|(_, l)| l.clone())),
     };

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use ddpm::device::{run_on_device, DeviceUNet};
 use ddpm::rng::{stream, Stream};
 use ddpm::sampler::{self, Conditioning, Method};
 use ddpm::{Schedule, ScheduleKind};
@@ -17,8 +18,9 @@ use ddpm_autograd::Tensor;
 use ddpm_nn::checkpoint;
 use ddpm_nn::{Module, Preset, UNet};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
 
-use crate::device::{resolve, DeviceArg};
+use crate::device::{resolve, Device, DeviceArg, Work};
 use crate::{npy, picture};
 
 /// The reverse process, as `--sampler` names it.
@@ -158,12 +160,21 @@ pub fn grid_labels(model: &UNet, n: usize) -> Option<Vec<usize>> {
 /// enough to stay in cache.
 const CHUNK: usize = 100;
 
+/// Where a sampler can run: the lecture's formula is kept on the CPU.
+pub fn work_of(sampler: SamplerArg) -> Work {
+    match sampler {
+        SamplerArg::Lecture => Work::CpuOnly("the lecture's formula runs on the CPU only"),
+        _ => Work::Sampling,
+    }
+}
+
 /// x_T for `n` images from `seed`.
 pub fn initial_noise(n: usize, seed: u64) -> Tensor {
     Tensor::randn([n, 1, 28, 28], &mut stream(seed, Stream::Sample, 0))
 }
 
 /// Samples `n` images from x_T drawn from `seed`; see [`draw_from`].
+#[allow(clippy::too_many_arguments)]
 pub fn draw(
     model: &UNet,
     schedule: &Schedule,
@@ -172,13 +183,19 @@ pub fn draw(
     labels: Option<&[usize]>,
     seed: u64,
     progress: bool,
+    device: &Device,
 ) -> Result<Tensor> {
-    draw_from(model, schedule, settings, &initial_noise(n, seed), labels, seed, progress, None)
+    draw_from(model, schedule, settings, &initial_noise(n, seed), labels, seed, progress, None, device)
+}
+
+/// The Philox stream of chunk `c`'s noise, from the run's seed.
+fn chunk_noise(seed: u64, c: usize) -> u64 {
+    stream(seed, Stream::Sample, c as u64 + 1).gen()
 }
 
 /// Runs the sampler from `x_t` in chunks of [`CHUNK`] images, clamps the
-/// result to [-1, 1]. The noise of chunk c comes from stream (seed, Sample,
-/// c + 1), so the result does not depend on anything but the inputs and seed.
+/// result to [-1, 1]. The noise of chunk c comes from the Philox stream
+/// [`chunk_noise`], so the result depends only on the inputs and the seed.
 /// `frames`, if given, collects x_T and x after about 20 evenly spaced steps,
 /// as they are (the pictures clamp them for display); the last frame is the
 /// result before its clamp.
@@ -192,8 +209,14 @@ pub fn draw_from(
     seed: u64,
     progress: bool,
     frames: Option<&mut Vec<Tensor>>,
+    device: &Device,
 ) -> Result<Tensor> {
     let n = x_t.dims()[0];
+    // On the GPU the weights go up once, for every chunk.
+    let on_gpu = match device {
+        Device::Cuda(gpu) => Some((gpu, DeviceUNet::upload(gpu, model)?)),
+        Device::Cpu => None,
+    };
     let steps = settings.method.num_steps(schedule);
     let chunks = n.div_ceil(CHUNK);
     let bar = if progress { ProgressBar::new((chunks * steps) as u64) } else { ProgressBar::hidden() };
@@ -209,14 +232,42 @@ pub fn draw_from(
         let x = x_t.narrow(0, start, len)?;
         let chunk_labels = labels.map(|l| &l[start..start + len]);
         let cond = Conditioning { labels: chunk_labels, guidance: settings.guidance };
-        let mut rng = stream(seed, Stream::Sample, c as u64 + 1);
+        let noise = chunk_noise(seed, c);
         let mut chunk_frames = vec![x.clone()];
-        let end = sampler::run(model, schedule, &x, settings.method, cond, &mut rng, &mut |i, _, x| {
-            bar.inc(1);
-            if frames.is_some() && ((i + 1) % every == 0 || i + 1 == steps) {
-                chunk_frames.push(x.clone());
+        let wanted = |i: usize| frames.is_some() && ((i + 1) % every == 0 || i + 1 == steps);
+        let end = match &on_gpu {
+            None => sampler::run(model, schedule, &x, settings.method, cond, noise, &mut |i, _, x| {
+                bar.inc(1);
+                if wanted(i) {
+                    chunk_frames.push(x.clone());
+                }
+            })?,
+            Some((gpu, device_model)) => {
+                let mut failed = None;
+                let end = run_on_device(
+                    *gpu,
+                    device_model,
+                    schedule,
+                    &x,
+                    settings.method,
+                    cond,
+                    noise,
+                    &mut |i, _, fetch| {
+                        bar.inc(1);
+                        if wanted(i) {
+                            match fetch() {
+                                Ok(frame) => chunk_frames.push(frame),
+                                Err(e) => failed = Some(e),
+                            }
+                        }
+                    },
+                )?;
+                if let Some(e) = failed {
+                    return Err(e.into());
+                }
+                end
             }
-        })?;
+        };
         outputs.push(end.clamp(-1.0, 1.0));
         chain.push(chunk_frames);
     }
@@ -252,7 +303,7 @@ pub fn load_model(path: &std::path::Path) -> Result<(UNet, Schedule)> {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    let device = resolve(args.device)?;
+    let device = resolve(args.device, work_of(args.sampler))?;
     if args.n == Some(0) {
         bail!("--n must be at least 1");
     }
@@ -336,6 +387,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         args.seed,
         true,
         want_chain.then_some(&mut frames),
+        &device,
     )?;
     let secs = started.elapsed().as_secs_f64();
     let evals = n * method.num_steps(&schedule) * if guidance != 0.0 { 2 } else { 1 };

@@ -28,7 +28,7 @@ use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::device::{resolve, DeviceArg};
+use crate::device::{resolve, DeviceArg, TRAINING};
 use crate::download::Dataset;
 use crate::picture;
 use crate::sample::{draw, grid_labels, SampleSettings};
@@ -108,7 +108,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.save_every == 0 {
         bail!("--save-every must be at least 1");
     }
-    let device = resolve(args.device)?;
+    let device = resolve(args.device, TRAINING)?;
 
     // The run's folder: a fresh run refuses to overwrite another run's state.
     let preset = args.preset.unwrap_or(Preset::Tiny);
@@ -205,7 +205,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let settings = SampleSettings::default_for(&model);
     let labels = grid_labels(&model, args.grid);
     eprintln!("drawing {} samples ({}) for samples.png", args.grid, settings.describe());
-    let images = draw(&model, trainer.schedule(), &settings, args.grid, labels.as_deref(), config.seed, true)?;
+    let images = draw(&model, trainer.schedule(), &settings, args.grid, labels.as_deref(), config.seed, true, &device)?;
     let cols = if config.classes > 0 { config.classes } else { (args.grid as f64).sqrt().ceil() as usize };
     picture::grid_png(&out.join("samples.png"), images.as_slice(), args.grid, 28, 28, cols.max(1), 2)?;
     eprintln!(

@@ -119,3 +119,44 @@ fn group_norm_silu_forward_and_backward_match_the_cpu() {
     assert_close("gamma gradient", &gpu.download(&dgd).unwrap(), &dgamma, n * hw);
     assert_close("beta gradient", &gpu.download(&dbd).unwrap(), &dbeta, n * hw);
 }
+
+/// The whole forward pass and both samplers on the GPU (`ddpm::device`)
+/// against the CPU, on the 15-minute model of the README.
+#[test]
+fn the_u_net_and_the_samplers_on_the_gpu_match_the_cpu() {
+    use ddpm::device::{run_on_device, DeviceUNet};
+    use ddpm::sampler::{self, Conditioning, Method};
+    use ddpm_autograd::Var;
+    use ddpm_nn::checkpoint::{load_into, read_metadata};
+    use ddpm_nn::layers::Mode;
+    use ddpm_nn::{Module, UNet};
+
+    let Some(gpu) = gpu() else { return };
+    let ckpt = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/rust_trained_tiny_c10.safetensors");
+    let meta = read_metadata(&ckpt).unwrap();
+    let model = UNet::new(meta.preset.parse().unwrap(), meta.num_classes, &mut StdRng::seed_from_u64(0));
+    load_into(&ckpt, &model.named_params()).unwrap();
+    let device = DeviceUNet::upload(&gpu, &model).unwrap();
+
+    let x = randn(&[8, 1, 28, 28], 30);
+    let (t, y): (Vec<usize>, Vec<usize>) = ((0..8).map(|i| i * 120).collect(), (0..8).map(|i| i % 11).collect());
+    let want = model.forward(&Var::constant(x.clone()), &t, Some(&y), &mut Mode::Eval).unwrap().value();
+    let got = device.forward(&gpu, &gpu.upload(x.as_slice()).unwrap(), 8, &t, Some(&y)).unwrap();
+    let scale = want.as_slice().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let got = gpu.download(&got).unwrap();
+    let err = got.iter().zip(want.as_slice()).fold(0.0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    assert!(err < 1e-4, "forward: relative error {err:.2e}");
+    let labels = [2usize, 5, 7];
+    for (method, schedule) in [
+        (Method::Ddim { steps: 10, eta: 0.0 }, Schedule::new(ScheduleKind::Linear, 1000)),
+        (Method::Ddpm, Schedule::new(ScheduleKind::Linear, 20)),
+    ] {
+        let x_t = randn(&[3, 1, 28, 28], 31);
+        let cond = Conditioning { labels: Some(&labels), guidance: 1.0 };
+        let want = sampler::run(&model, &schedule, &x_t, method, cond, 5, &mut |_, _, _| {}).unwrap();
+        let got = run_on_device(&gpu, &device, &schedule, &x_t, method, cond, 5, &mut |_, _, _| {}).unwrap();
+        let err = got.max_abs_diff(&want).unwrap() / want.as_slice().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(err < 1e-3, "{method:?}: relative error {err:.2e}");
+    }
+}

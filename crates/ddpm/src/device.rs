@@ -18,7 +18,7 @@ use ddpm_nn::layers::{timestep_embedding, Conv2d, GroupNorm, Linear};
 use ddpm_nn::unet::{AttnBlock, Block, ResBlock};
 use ddpm_nn::{Module, UNet};
 
-use crate::sampler::{ddim_update, ddpm_update, Conditioning, Method};
+use crate::sampler::{self, ddim_update, ddpm_update, Conditioning, Method};
 use crate::Schedule;
 
 fn device_error(e: CudaError) -> TensorError {
@@ -231,9 +231,16 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
     }
 }
 
+/// Downloads the current x when called: what [`run_on_device`]'s observer gets.
+pub type Fetch<'a> = dyn Fn() -> Result<Tensor> + 'a;
+
 /// `sampler::run` on a device: from x_T, the reverse process of `method`
-/// with the noise of Philox stream `seed` (draw i at step i), returning the
-/// last x before the final clamp. The lecture's formula is CPU-only.
+/// with the noise of Philox stream `noise` (draw i at step i, as on the CPU),
+/// returning the last x before the final clamp. `observe(i, t, fetch)` is
+/// called after each step; `fetch()` downloads x (only when asked: frames
+/// of the chain), so a progress bar costs no transfer. The lecture's formula
+/// is CPU-only.
+#[allow(clippy::too_many_arguments)]
 pub fn run_on_device<E: DeviceOps>(
     e: &E,
     model: &DeviceUNet<'_, E>,
@@ -241,9 +248,11 @@ pub fn run_on_device<E: DeviceOps>(
     x_t: &Tensor,
     method: Method,
     cond: Conditioning,
-    seed: u64,
+    noise: u64,
+    observe: &mut dyn FnMut(usize, usize, &Fetch),
 ) -> Result<Tensor> {
     let n = x_t.dims()[0];
+    sampler::check_method(schedule, method)?;
     let ts = method.timesteps(schedule);
     let mut x = e.upload(x_t.as_slice()).map_err(device_error)?;
     let guided = cond.labels.filter(|_| cond.guidance != 0.0);
@@ -265,8 +274,10 @@ pub fn run_on_device<E: DeviceOps>(
                 return Err(TensorError::invalid("sample", "the lecture's formula runs on the CPU only"))
             }
         };
-        let step = Step { update, guidance: guided.map(|_| cond.guidance), seed, offset: i as u64 };
+        let step = Step { update, guidance: guided.map(|_| cond.guidance), seed: noise, offset: i as u64 };
         e.sampling_step(&mut x, &eps, &step).map_err(device_error)?;
+        let fetch = || Tensor::from_vec(e.download(&x).map_err(device_error)?, x_t.shape().clone());
+        observe(i, t, &fetch);
     }
     let out = e.download(&x).map_err(device_error)?;
     Tensor::from_vec(out, x_t.shape().clone())

@@ -29,7 +29,6 @@ use ddpm_autograd::{no_grad, Result, Tensor, TensorError, Var};
 pub use ddpm_cuda::Update;
 use ddpm_nn::layers::Mode;
 use ddpm_nn::UNet;
-use rand::rngs::StdRng;
 
 use crate::Schedule;
 
@@ -171,19 +170,8 @@ impl Method {
     }
 }
 
-/// Runs the reverse process from x_T and returns the last x before the final
-/// clamp to [-1, 1]. `observe(i, t, x)` sees the state after each step i (at
-/// timestep t): for a progress bar, or frames of the denoising chain.
-/// Noise comes from `rng`: at every DDPM step, and at DDIM steps when eta > 0.
-pub fn run(
-    model: &UNet,
-    schedule: &Schedule,
-    x_t: &Tensor,
-    method: Method,
-    cond: Conditioning,
-    rng: &mut StdRng,
-    observe: &mut dyn FnMut(usize, usize, &Tensor),
-) -> Result<Tensor> {
+/// Refuses DDIM step counts outside 1..=T and a negative or infinite eta.
+pub fn check_method(schedule: &Schedule, method: Method) -> Result<()> {
     if let Method::Ddim { steps, eta } = method {
         if steps == 0 || steps > schedule.timesteps() {
             return Err(TensorError::invalid("sample_ddim", format!("steps must be 1 ..= {}", schedule.timesteps())));
@@ -192,14 +180,34 @@ pub fn run(
             return Err(TensorError::invalid("sample_ddim", format!("eta must be >= 0, not {eta}")));
         }
     }
+    Ok(())
+}
+
+/// Runs the reverse process from x_T and returns the last x before the final
+/// clamp to [-1, 1]. `observe(i, t, x)` sees the state after each step i (at
+/// timestep t): for a progress bar, or frames of the denoising chain.
+/// Fresh noise (every DDPM step, and DDIM steps when eta > 0) is draw i of
+/// the Philox stream `noise` at step i: the same numbers the GPU draws
+/// (`ddpm::device::run_on_device`), so a seed gives the same samples on both.
+pub fn run(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    method: Method,
+    cond: Conditioning,
+    noise: u64,
+    observe: &mut dyn FnMut(usize, usize, &Tensor),
+) -> Result<Tensor> {
+    check_method(schedule, method)?;
     let ts = method.timesteps(schedule);
     let mut x = x_t.clone();
     for (i, &t) in ts.iter().enumerate() {
         let eps = predict_noise(model, &x, t, cond)?;
+        let z = || Tensor::randn_philox(x.shape().clone(), noise, i as u64);
         x = match method {
-            Method::Ddpm => ddpm_step(schedule, &x, t, &eps, &Tensor::randn(x.shape().clone(), rng))?,
+            Method::Ddpm => ddpm_step(schedule, &x, t, &eps, &z())?,
             Method::Ddim { eta, .. } => {
-                let z = if eta > 0.0 { Tensor::randn(x.shape().clone(), rng) } else { x.zeros_like() };
+                let z = if eta > 0.0 { z() } else { x.zeros_like() };
                 ddim_step(schedule, &x, t, ts.get(i + 1).copied(), &eps, &z, eta)?
             }
             Method::Lecture => lecture_step(schedule, &x, t, &eps)?,
@@ -210,7 +218,7 @@ pub fn run(
 }
 
 /// DDIM from a given x_T: deterministic for eta = 0 (the same x_T, weights and
-/// labels give the same images). `rng` draws z only when eta > 0.
+/// labels give the same images). Noise (Philox stream `noise`) only when eta > 0.
 /// Returns x_0 clamped to [-1, 1].
 pub fn sample_ddim(
     model: &UNet,
@@ -219,9 +227,9 @@ pub fn sample_ddim(
     steps: usize,
     eta: f64,
     cond: Conditioning,
-    rng: &mut StdRng,
+    noise: u64,
 ) -> Result<Tensor> {
-    Ok(ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, rng)?.clamp(-1.0, 1.0))
+    Ok(ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, noise)?.clamp(-1.0, 1.0))
 }
 
 /// The DDIM loop's last x, before the final clamp to the pixel range.
@@ -232,21 +240,15 @@ pub fn ddim_trajectory_end(
     steps: usize,
     eta: f64,
     cond: Conditioning,
-    rng: &mut StdRng,
+    noise: u64,
 ) -> Result<Tensor> {
-    run(model, schedule, x_t, Method::Ddim { steps, eta }, cond, rng, &mut |_, _, _| {})
+    run(model, schedule, x_t, Method::Ddim { steps, eta }, cond, noise, &mut |_, _, _| {})
 }
 
 /// DDPM ancestral sampling over all T steps from x_T ~ N(0, I) (paper Algorithm 2).
 /// Returns x_0 clamped to [-1, 1].
-pub fn sample_ddpm(
-    model: &UNet,
-    schedule: &Schedule,
-    x_t: &Tensor,
-    cond: Conditioning,
-    rng: &mut StdRng,
-) -> Result<Tensor> {
-    Ok(run(model, schedule, x_t, Method::Ddpm, cond, rng, &mut |_, _, _| {})?.clamp(-1.0, 1.0))
+pub fn sample_ddpm(model: &UNet, schedule: &Schedule, x_t: &Tensor, cond: Conditioning, noise: u64) -> Result<Tensor> {
+    Ok(run(model, schedule, x_t, Method::Ddpm, cond, noise, &mut |_, _, _| {})?.clamp(-1.0, 1.0))
 }
 
 #[cfg(test)]
