@@ -47,3 +47,59 @@ extern "C" __global__ void upsample2x_f32(const float* __restrict__ x, float* __
     long long p = rest / (2 * h);
     y[i] = x[(p * h + oy / 2) * w + ox / 2];
 }
+
+// ---- gradients and the training step's pointwise work ----
+
+// dx = dy silu'(x), silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
+extern "C" __global__ void silu_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                        float* __restrict__ dx, long long n) {
+    long long i = global_index();
+    if (i >= n) return;
+    float s = 1.0f / (1.0f + expf(-x[i]));
+    dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
+}
+
+// The gradient of upsample2x_f32: each input pixel collects its 2 x 2 block.
+extern "C" __global__ void upsample2x_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
+                                              long long planes, int h, int w) {
+    long long i = global_index();
+    if (i >= planes * h * w) return;
+    int x = i % w;
+    long long rest = i / w;
+    int y = rest % h;
+    long long p = rest / h;
+    const float* d = dy + p * 4 * h * w;
+    dx[i] = d[(2 * y) * 2 * w + 2 * x] + d[(2 * y) * 2 * w + 2 * x + 1] + d[(2 * y + 1) * 2 * w + 2 * x] +
+            d[(2 * y + 1) * 2 * w + 2 * x + 1];
+}
+
+// The inverse of concat2_f32 (and the gradient of it): cat [outer, ca + cb]
+// back into a [outer, ca] and b [outer, cb].
+extern "C" __global__ void split2_f32(const float* __restrict__ cat, float* __restrict__ a, float* __restrict__ b,
+                                      long long outer, long long ca, long long cb) {
+    long long i = global_index();
+    if (i >= outer * (ca + cb)) return;
+    long long o = i / (ca + cb), j = i % (ca + cb);
+    if (j < ca) a[o * ca + j] = cat[i];
+    else b[o * cb + (j - ca)] = cat[i];
+}
+
+// x_t = abar[r] x0 + bbar[r] e for the inner elements of each row r (one
+// image): the closed form of the noising chain, with per-image t.
+extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const float* __restrict__ e,
+                                        const float* __restrict__ abar, const float* __restrict__ bbar,
+                                        float* __restrict__ xt, long long n, int inner) {
+    long long i = global_index();
+    if (i < n) xt[i] = abar[i / inner] * x0[i] + bbar[i / inner] * e[i];
+}
+
+// The mean squared error's pieces: grad = scale (pred - target) (scale =
+// 2 / n for the mean), sq = (pred - target)^2 (summed for the loss value).
+extern "C" __global__ void mse_grad_f32(const float* __restrict__ pred, const float* __restrict__ target,
+                                        float* __restrict__ grad, float* __restrict__ sq, long long n, float scale) {
+    long long i = global_index();
+    if (i >= n) return;
+    float d = pred[i] - target[i];
+    grad[i] = scale * d;
+    sq[i] = d * d;
+}

@@ -93,3 +93,14 @@ extern "C" __global__ void sum_rows_f32(const float* __restrict__ in, float* __r
     for (int i = 0; i < rows; ++i) s += in[(long long)i * cols + j];
     out[j] = s;
 }
+
+// out[r] = sum over j < inner of x[r * inner + j]: one block per row
+// (launch::per_row(rows)). A bias's gradient over the positions, the loss.
+extern "C" __global__ void __launch_bounds__(256) sum_inner_f32(const float* __restrict__ x, float* __restrict__ out,
+                                                                int inner) {
+    const float* row = x + (long long)blockIdx.x * inner;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < inner; j += BLOCK) s += row[j];
+    s = block_sum(s);
+    if (threadIdx.x == 0) out[blockIdx.x] = s;
+}

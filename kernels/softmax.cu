@@ -25,3 +25,15 @@ extern "C" __global__ void __launch_bounds__(256) softmax_rows_f32(float* x, int
     const float inv = 1.0f / block_sum(s);
     for (int j = threadIdx.x; j < cols; j += BLOCK) xr[j] = expf(xr[j] - m) * inv;
 }
+
+// The gradient of softmax_rows_f32, in place on g: given y = softmax(x) and
+// g = dL/dy, dL/dx = y (g - sum_j g_j y_j), row by row.
+extern "C" __global__ void __launch_bounds__(256) softmax_bwd_rows_f32(const float* __restrict__ y, float* g,
+                                                                       int cols) {
+    const float* yr = y + (long long)blockIdx.x * cols;
+    float* gr = g + (long long)blockIdx.x * cols;
+    float s = 0.0f;
+    for (int j = threadIdx.x; j < cols; j += BLOCK) s += gr[j] * yr[j];
+    s = block_sum(s);
+    for (int j = threadIdx.x; j < cols; j += BLOCK) gr[j] = yr[j] * (gr[j] - s);
+}

@@ -22,7 +22,7 @@ pub mod source;
 pub use error::{CudaError, Result};
 pub use exec::{Arg, Executor};
 pub use gpu::{driver_present, Gpu};
-pub use ops::{ConvKernel, DeviceOps, MatmulShape, NormShape, Step, Update};
+pub use ops::{AdamStep, ConvKernel, DeviceOps, MatmulShape, NormShape, Step, Update};
 
 /// Opens GPU 0, or says why not (for `--device auto|cuda`).
 pub fn open() -> Result<Gpu> {

@@ -4,7 +4,7 @@
 
 use crate::exec::{Arg, Executor};
 use crate::launch::{self, ConvShape};
-use crate::source::{CONV2D, ELEMENTWISE, MATMUL, NORM, SAMPLING, SOFTMAX};
+use crate::source::{CONV2D, ELEMENTWISE, MATMUL, NORM, OPTIM, SAMPLING, SOFTMAX};
 use crate::{CudaError, Result};
 
 /// Which of a convolution's kernels to run: the tiled implicit GEMM, or the
@@ -107,6 +107,18 @@ pub struct Step {
     pub guidance: Option<f32>,
     pub seed: u64,
     pub offset: u64,
+}
+
+/// The scalars of one Adam step, computed on the host as
+/// `ddpm_nn::optim::Adam::step` does: step_size = lr / (1 - b1^t),
+/// bias_correction2_sqrt = sqrt(1 - b2^t).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    pub step_size: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
 }
 
 fn invalid(op: &'static str, message: String) -> CudaError {
@@ -362,6 +374,162 @@ pub trait DeviceOps: Executor {
         }
         let mut args = [Arg::Out(x), Arg::I32(i32_of(cols))];
         self.launch(&SOFTMAX, "softmax_rows_f32", launch::per_row(n / cols), &mut args)
+    }
+
+    /// dL/dx of y = silu(x), from dL/dy.
+    fn silu_backward(&self, x: &Self::Buf, d_y: &Self::Buf) -> Result<Self::Buf> {
+        let n = self.len(x);
+        check_len("silu gradient", self.len(d_y), n)?;
+        let mut d_x = self.zeros(n)?;
+        let mut args = [Arg::In(x), Arg::In(d_y), Arg::Out(&mut d_x), Arg::I64(n as i64)];
+        self.launch(&ELEMENTWISE, "silu_bwd_f32", launch::elementwise(n), &mut args)?;
+        Ok(d_x)
+    }
+
+    /// The gradient of [`DeviceOps::upsample2x`] for an input [planes, h, w].
+    fn upsample2x_backward(&self, d_y: &Self::Buf, planes: usize, h: usize, w: usize) -> Result<Self::Buf> {
+        check_len("upsample gradient", self.len(d_y), 4 * planes * h * w)?;
+        let mut d_x = self.zeros(planes * h * w)?;
+        let mut args =
+            [Arg::In(d_y), Arg::Out(&mut d_x), Arg::I64(planes as i64), Arg::I32(i32_of(h)), Arg::I32(i32_of(w))];
+        self.launch(&ELEMENTWISE, "upsample2x_bwd_f32", launch::elementwise(planes * h * w), &mut args)?;
+        Ok(d_x)
+    }
+
+    /// [`DeviceOps::concat2`] undone: cat [outer, ca + cb] into its two parts.
+    fn split2(&self, cat: &Self::Buf, outer: usize, ca: usize, cb: usize) -> Result<(Self::Buf, Self::Buf)> {
+        check_len("split input", self.len(cat), outer * (ca + cb))?;
+        let (mut a, mut b) = (self.zeros(outer * ca)?, self.zeros(outer * cb)?);
+        let mut args = [
+            Arg::In(cat),
+            Arg::Out(&mut a),
+            Arg::Out(&mut b),
+            Arg::I64(outer as i64),
+            Arg::I64(ca as i64),
+            Arg::I64(cb as i64),
+        ];
+        self.launch(&ELEMENTWISE, "split2_f32", launch::elementwise(outer * (ca + cb)), &mut args)?;
+        Ok((a, b))
+    }
+
+    /// x_t = abar[r] x0 + bbar[r] e, per row r of `inner` elements (one image).
+    fn q_sample(
+        &self,
+        x0: &Self::Buf,
+        e: &Self::Buf,
+        abar: &Self::Buf,
+        bbar: &Self::Buf,
+        inner: usize,
+    ) -> Result<Self::Buf> {
+        let n = self.len(x0);
+        check_len("q_sample noise", self.len(e), n)?;
+        check_len("q_sample coefficients", self.len(abar).min(self.len(bbar)) * inner, n)?;
+        let mut x_t = self.zeros(n)?;
+        let mut args = [
+            Arg::In(x0),
+            Arg::In(e),
+            Arg::In(abar),
+            Arg::In(bbar),
+            Arg::Out(&mut x_t),
+            Arg::I64(n as i64),
+            Arg::I32(i32_of(inner)),
+        ];
+        self.launch(&ELEMENTWISE, "q_sample_f32", launch::elementwise(n), &mut args)?;
+        Ok(x_t)
+    }
+
+    /// (scale (pred - target), (pred - target)^2).
+    fn mse_grad(&self, pred: &Self::Buf, target: &Self::Buf, scale: f32) -> Result<(Self::Buf, Self::Buf)> {
+        let n = self.len(pred);
+        check_len("mse target", self.len(target), n)?;
+        let (mut grad, mut sq) = (self.zeros(n)?, self.zeros(n)?);
+        let mut args = [
+            Arg::In(pred),
+            Arg::In(target),
+            Arg::Out(&mut grad),
+            Arg::Out(&mut sq),
+            Arg::I64(n as i64),
+            Arg::F32(scale),
+        ];
+        self.launch(&ELEMENTWISE, "mse_grad_f32", launch::elementwise(n), &mut args)?;
+        Ok((grad, sq))
+    }
+
+    /// The sums of each row of x [rows, inner].
+    fn sum_inner(&self, x: &Self::Buf, rows: usize, inner: usize) -> Result<Self::Buf> {
+        check_len("sum_inner input", self.len(x), rows * inner)?;
+        let mut out = self.zeros(rows)?;
+        let mut args = [Arg::In(x), Arg::Out(&mut out), Arg::I32(i32_of(inner))];
+        self.launch(&NORM, "sum_inner_f32", launch::per_row(rows), &mut args)?;
+        Ok(out)
+    }
+
+    /// The gradient of [`DeviceOps::softmax_rows`], in place on g: y is the
+    /// softmax's output, g the gradient of its output on entry and of its
+    /// input on return.
+    fn softmax_rows_backward(&self, y: &Self::Buf, g: &mut Self::Buf, cols: usize) -> Result<()> {
+        let n = self.len(y);
+        check_len("softmax gradient", self.len(g), n)?;
+        if cols == 0 || n % cols != 0 {
+            return Err(invalid("softmax gradient", format!("{n} numbers are not rows of {cols}")));
+        }
+        let mut args = [Arg::In(y), Arg::Out(g), Arg::I32(i32_of(cols))];
+        self.launch(&SOFTMAX, "softmax_bwd_rows_f32", launch::per_row(n / cols), &mut args)
+    }
+
+    /// Clips the gradients `grads` to a global norm of `max_norm` lazily:
+    /// returns [norm, factor] on the device, for [`DeviceOps::adam`] to apply.
+    fn clip_coefficient(&self, grads: &[&Self::Buf], max_norm: f32) -> Result<Self::Buf> {
+        let mut sums = self.zeros(grads.len().max(1))?;
+        for (i, g) in grads.iter().enumerate() {
+            let n = self.len(g);
+            let mut args = [Arg::In(*g), Arg::I64(n as i64), Arg::Out(&mut sums), Arg::I32(i32_of(i))];
+            self.launch(&OPTIM, "sumsq_f32", launch::per_row(1), &mut args)?;
+        }
+        let mut out = self.zeros(2)?;
+        let mut args = [Arg::In(&sums), Arg::I32(i32_of(grads.len())), Arg::F32(max_norm), Arg::Out(&mut out)];
+        self.launch(&OPTIM, "clip_coef_f32", launch::per_row(1), &mut args)?;
+        Ok(out)
+    }
+
+    /// One Adam step on parameter p with gradient g times clip[1]; see
+    /// `kernels/optim.cu` for the formula and [`AdamStep`] for the scalars.
+    fn adam(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        clip: &Self::Buf,
+        s: &AdamStep,
+    ) -> Result<()> {
+        let n = self.len(p);
+        for (what, len) in [("adam gradient", self.len(g)), ("adam m", self.len(m)), ("adam v", self.len(v))] {
+            check_len(what, len, n)?;
+        }
+        check_len("adam clip", self.len(clip), 2)?;
+        let mut args = [
+            Arg::Out(p),
+            Arg::In(g),
+            Arg::Out(m),
+            Arg::Out(v),
+            Arg::I64(n as i64),
+            Arg::In(clip),
+            Arg::F32(s.step_size),
+            Arg::F32(s.beta1),
+            Arg::F32(s.beta2),
+            Arg::F32(s.bias_correction2_sqrt),
+            Arg::F32(s.eps),
+        ];
+        self.launch(&OPTIM, "adam_f32", launch::elementwise(n), &mut args)
+    }
+
+    /// shadow += (1 - d) (p - shadow).
+    fn ema(&self, shadow: &mut Self::Buf, p: &Self::Buf, one_minus_d: f32) -> Result<()> {
+        let n = self.len(p);
+        check_len("ema shadow", self.len(shadow), n)?;
+        let mut args = [Arg::Out(shadow), Arg::In(p), Arg::I64(n as i64), Arg::F32(one_minus_d)];
+        self.launch(&OPTIM, "ema_f32", launch::elementwise(n), &mut args)
     }
 
     /// `len` standard normal numbers: draw `offset` of the Philox stream

@@ -54,14 +54,25 @@ pub const ELEMENTWISE: Module = Module {
     file: "elementwise.cu",
     preludes: &[],
     source: include_str!("../../../kernels/elementwise.cu"),
-    kernels: &["silu_f32", "add_assign_f32", "add_broadcast_f32", "concat2_f32", "upsample2x_f32"],
+    kernels: &[
+        "silu_f32",
+        "add_assign_f32",
+        "add_broadcast_f32",
+        "concat2_f32",
+        "upsample2x_f32",
+        "silu_bwd_f32",
+        "upsample2x_bwd_f32",
+        "split2_f32",
+        "q_sample_f32",
+        "mse_grad_f32",
+    ],
 };
 
 pub const SOFTMAX: Module = Module {
     file: "softmax.cu",
     preludes: &[REDUCE],
     source: include_str!("../../../kernels/softmax.cu"),
-    kernels: &["softmax_rows_f32"],
+    kernels: &["softmax_rows_f32", "softmax_bwd_rows_f32"],
 };
 
 pub const SAMPLING: Module = Module {
@@ -75,11 +86,18 @@ pub const NORM: Module = Module {
     file: "norm.cu",
     preludes: &[REDUCE],
     source: include_str!("../../../kernels/norm.cu"),
-    kernels: &["group_norm_fwd_f32", "group_norm_bwd_f32", "sum_rows_f32"],
+    kernels: &["group_norm_fwd_f32", "group_norm_bwd_f32", "sum_rows_f32", "sum_inner_f32"],
+};
+
+pub const OPTIM: Module = Module {
+    file: "optim.cu",
+    preludes: &[REDUCE],
+    source: include_str!("../../../kernels/optim.cu"),
+    kernels: &["clip_coef_f32", "sumsq_f32", "adam_f32", "ema_f32"],
 };
 
 /// Every module, in the order CI compiles them.
-pub const MODULES: &[Module] = &[CONV2D, MATMUL, ELEMENTWISE, NORM, SOFTMAX, SAMPLING];
+pub const MODULES: &[Module] = &[CONV2D, MATMUL, ELEMENTWISE, NORM, SOFTMAX, SAMPLING, OPTIM];
 
 impl Module {
     /// The program NVRTC compiles: the preludes, then the file.

@@ -68,8 +68,41 @@ pub mod ffi {
         pub fn add_broadcast_f32(x: *mut f32, v: *const f32, rows: i64, inner: i32);
         pub fn concat2_f32(a: *const f32, b: *const f32, out: *mut f32, outer: i64, ca: i64, cb: i64);
         pub fn upsample2x_f32(x: *const f32, y: *mut f32, planes: i64, h: i32, w: i32);
+        pub fn silu_bwd_f32(x: *const f32, dy: *const f32, dx: *mut f32, n: i64);
+        pub fn upsample2x_bwd_f32(dy: *const f32, dx: *mut f32, planes: i64, h: i32, w: i32);
+        pub fn split2_f32(cat: *const f32, a: *mut f32, b: *mut f32, outer: i64, ca: i64, cb: i64);
+        pub fn q_sample_f32(
+            x0: *const f32,
+            e: *const f32,
+            abar: *const f32,
+            bbar: *const f32,
+            xt: *mut f32,
+            n: i64,
+            inner: i32,
+        );
+        pub fn mse_grad_f32(pred: *const f32, target: *const f32, grad: *mut f32, sq: *mut f32, n: i64, scale: f32);
         // softmax.cu
         pub fn softmax_rows_f32(x: *mut f32, cols: i32);
+        pub fn softmax_bwd_rows_f32(y: *const f32, g: *mut f32, cols: i32);
+        // norm.cu (with the sums above)
+        pub fn sum_inner_f32(x: *const f32, out: *mut f32, inner: i32);
+        // optim.cu
+        pub fn clip_coef_f32(sumsq: *const f32, count: i32, max_norm: f32, out: *mut f32);
+        pub fn sumsq_f32(x: *const f32, n: i64, out: *mut f32, index: i32);
+        pub fn adam_f32(
+            p: *mut f32,
+            g: *const f32,
+            m: *mut f32,
+            v: *mut f32,
+            n: i64,
+            clip: *const f32,
+            step_size: f32,
+            b1: f32,
+            b2: f32,
+            bc2_sqrt: f32,
+            eps: f32,
+        );
+        pub fn ema_f32(shadow: *mut f32, p: *const f32, n: i64, one_minus_d: f32);
         // norm.cu
         pub fn group_norm_fwd_f32(
             x: *const f32,
@@ -326,6 +359,39 @@ impl Executor for Emu {
                 launch(at, || unsafe { ffi::upsample2x_f32(x.get(), y.get(), planes, h, w) })
             }
             ("softmax_rows_f32", &[P(x), I(cols)]) => launch(at, || unsafe { ffi::softmax_rows_f32(x.get(), cols) }),
+            ("softmax_bwd_rows_f32", &[P(y), P(g), I(cols)]) => {
+                launch(at, || unsafe { ffi::softmax_bwd_rows_f32(y.get(), g.get(), cols) })
+            }
+            ("silu_bwd_f32", &[P(x), P(dy), P(dx), L(n)]) => {
+                launch(at, || unsafe { ffi::silu_bwd_f32(x.get(), dy.get(), dx.get(), n) })
+            }
+            ("upsample2x_bwd_f32", &[P(dy), P(dx), L(planes), I(h), I(w)]) => {
+                launch(at, || unsafe { ffi::upsample2x_bwd_f32(dy.get(), dx.get(), planes, h, w) })
+            }
+            ("split2_f32", &[P(c), P(a), P(b), L(outer), L(ca), L(cb)]) => {
+                launch(at, || unsafe { ffi::split2_f32(c.get(), a.get(), b.get(), outer, ca, cb) })
+            }
+            ("q_sample_f32", &[P(x0), P(e), P(a), P(b), P(xt), L(n), I(inner)]) => {
+                launch(at, || unsafe { ffi::q_sample_f32(x0.get(), e.get(), a.get(), b.get(), xt.get(), n, inner) })
+            }
+            ("mse_grad_f32", &[P(p), P(t), P(g), P(sq), L(n), F(scale)]) => {
+                launch(at, || unsafe { ffi::mse_grad_f32(p.get(), t.get(), g.get(), sq.get(), n, scale) })
+            }
+            ("sum_inner_f32", &[P(x), P(o), I(inner)]) => {
+                launch(at, || unsafe { ffi::sum_inner_f32(x.get(), o.get(), inner) })
+            }
+            ("clip_coef_f32", &[P(s), I(count), F(max), P(o)]) => {
+                launch(at, || unsafe { ffi::clip_coef_f32(s.get(), count, max, o.get()) })
+            }
+            ("sumsq_f32", &[P(x), L(n), P(o), I(i)]) => {
+                launch(at, || unsafe { ffi::sumsq_f32(x.get(), n, o.get(), i) })
+            }
+            ("adam_f32", &[P(p), P(g), P(m), P(v), L(n), P(clip), F(step), F(b1), F(b2), F(bc2), F(eps)]) => {
+                launch(at, || unsafe {
+                    ffi::adam_f32(p.get(), g.get(), m.get(), v.get(), n, clip.get(), step, b1, b2, bc2, eps)
+                })
+            }
+            ("ema_f32", &[P(s), P(p), L(n), F(d)]) => launch(at, || unsafe { ffi::ema_f32(s.get(), p.get(), n, d) }),
             ("randn_f32", &[P(o), U(n), U(seed), U(off)]) => {
                 launch(at, || unsafe { ffi::randn_f32(o.get(), n, seed, off) })
             }

@@ -278,3 +278,127 @@ fn pointwise_and_layout_kernels_match_the_tensor_ops() {
         assert_close(&format!("softmax rows of {cols}"), &s, m.softmax().unwrap().as_slice(), 1);
     }
 }
+
+/// d(sum(f(x) * w))/dx by the CPU autograd: the gradient of f at x along w.
+fn cpu_gradient(x: &Tensor, w: &Tensor, f: impl Fn(&ddpm_autograd::Var) -> ddpm_autograd::Var) -> Tensor {
+    let xv = ddpm_autograd::Var::param(x.clone());
+    let loss = f(&xv).mul(&ddpm_autograd::Var::constant(w.clone())).unwrap().sum_all();
+    loss.backward().unwrap().get(&xv).unwrap().clone()
+}
+
+#[test]
+fn gradient_kernels_match_the_cpu_autograd() {
+    let (n, c, h, w) = (2, 3, 5, 7);
+    let x = tensor(&randn(n * c * h * w, 40), &[n, c, h, w]);
+    let d_y = tensor(&randn(n * c * h * w, 41), &[n, c, h, w]);
+    let want = cpu_gradient(&x, &d_y, |v| v.silu());
+    assert_close("silu backward", &Emu.silu_backward(&x.to_vec(), &d_y.to_vec()).unwrap(), want.as_slice(), 1);
+
+    let d_up = tensor(&randn(4 * n * c * h * w, 42), &[n, c, 2 * h, 2 * w]);
+    let want = cpu_gradient(&x, &d_up, |v| v.upsample_nearest2x().unwrap());
+    assert_close(
+        "upsample backward",
+        &Emu.upsample2x_backward(&d_up.to_vec(), n * c, h, w).unwrap(),
+        want.as_slice(),
+        4,
+    );
+
+    let z = tensor(&randn(n * 4 * h * w, 43), &[n, 4, h, w]);
+    let cat = Tensor::concat(&[&x, &z], 1).unwrap();
+    let (a, b) = Emu.split2(&cat.to_vec(), n, c * h * w, 4 * h * w).unwrap();
+    assert_eq!((a, b), (x.to_vec(), z.to_vec()), "split undoes concat");
+
+    for cols in [300, 49] {
+        let m = tensor(&randn(6 * cols, 44), &[6, cols]);
+        let g = tensor(&randn(6 * cols, 45), &[6, cols]);
+        let want = cpu_gradient(&m, &g, |v| v.softmax().unwrap());
+        let mut got = g.to_vec();
+        Emu.softmax_rows_backward(&m.softmax().unwrap().to_vec(), &mut got, cols).unwrap();
+        assert_close(&format!("softmax backward, rows of {cols}"), &got, want.as_slice(), cols);
+    }
+
+    let rows = tensor(&randn(5 * 333, 46), &[5, 333]);
+    let want = rows.sum_axes(&[1], false).unwrap();
+    assert_close("sum_inner", &Emu.sum_inner(&rows.to_vec(), 5, 333).unwrap(), want.as_slice(), 333);
+}
+
+#[test]
+fn the_training_steps_pointwise_kernels_follow_their_definitions() {
+    use ddpm::{Schedule, ScheduleKind};
+    let schedule = Schedule::new(ScheduleKind::Linear, 1000);
+    let (x0, e) = (tensor(&randn(3 * 784, 50), &[3, 1, 28, 28]), tensor(&randn(3 * 784, 51), &[3, 1, 28, 28]));
+    let t = [0usize, 500, 999];
+    let want = schedule.q_sample(&x0, &t, &e).unwrap();
+    let abar: Vec<f32> = t.iter().map(|&t| schedule.abar(t) as f32).collect();
+    let bbar: Vec<f32> = t.iter().map(|&t| schedule.bbar(t) as f32).collect();
+    let got = Emu.q_sample(&x0.to_vec(), &e.to_vec(), &abar, &bbar, 784).unwrap();
+    assert_close("q_sample", &got, want.as_slice(), 1);
+
+    let pred = tensor(&randn(3 * 784, 52), &[3, 1, 28, 28]);
+    let loss = ddpm_autograd::Var::param(pred.clone());
+    let mse = loss.mse(&ddpm_autograd::Var::constant(e.clone())).unwrap();
+    let want_grad = mse.backward().unwrap().get(&loss).unwrap().clone();
+    let (grad, sq) = Emu.mse_grad(&pred.to_vec(), &e.to_vec(), 2.0 / pred.numel() as f32).unwrap();
+    assert_close("mse gradient", &grad, want_grad.as_slice(), 1);
+    let total = Emu.sum_inner(&sq, 1, sq.len()).unwrap()[0] / sq.len() as f32;
+    assert!((total - mse.value().item().unwrap()).abs() < 1e-5, "mse value {total}");
+}
+
+#[test]
+fn clipping_adam_and_the_ema_match_the_cpu_optimiser() {
+    use ddpm_autograd::{Gradients, Var};
+    use ddpm_cuda::AdamStep;
+    use ddpm_nn::optim::{clip_grad_norm, Adam, AdamConfig, Ema};
+    let shapes = [vec![7, 5], vec![300]];
+    let params: Vec<Var> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Var::param(tensor(&randn(s.iter().product(), 60 + i as u64), s)))
+        .collect();
+    let grads_cpu: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| tensor(&randn(s.iter().product(), 70 + i as u64).iter().map(|v| 3.0 * v).collect::<Vec<_>>(), s))
+        .collect();
+
+    // The device's state, from the same starting point.
+    let mut p_dev: Vec<Vec<f32>> = params.iter().map(|p| p.value().to_vec()).collect();
+    let g_dev: Vec<Vec<f32>> = grads_cpu.iter().map(|g| g.to_vec()).collect();
+    let mut m_dev: Vec<Vec<f32>> = p_dev.iter().map(|p| vec![0.0; p.len()]).collect();
+    let mut v_dev = m_dev.clone();
+    let mut ema_dev = p_dev.clone();
+
+    let mut adam = Adam::new(&params, AdamConfig::default());
+    let mut ema = Ema::new(&params, 0.999);
+    for step in 1..=3u64 {
+        // CPU: the gradients of sum_i sum(p_i * G_i) are the G_i; clip, Adam, EMA.
+        let terms: Vec<Var> =
+            params.iter().zip(&grads_cpu).map(|(p, g)| p.mul(&Var::constant(g.clone())).unwrap().sum_all()).collect();
+        let loss = terms[1..].iter().fold(terms[0].clone(), |acc, t| acc.add(t).unwrap());
+        let mut grads: Gradients = loss.backward().unwrap();
+        let norm = clip_grad_norm(&params, &mut grads, 1.0);
+        adam.step(&params, &grads).unwrap();
+        let d = ema.current_decay();
+        ema.update(&params).unwrap();
+
+        // Device: the same three.
+        let clip = Emu.clip_coefficient(&g_dev.iter().collect::<Vec<_>>(), 1.0).unwrap();
+        assert!((clip[0] - norm).abs() < 1e-4 * norm, "norm {} against {norm}", clip[0]);
+        let c = AdamConfig::default();
+        let s = AdamStep {
+            step_size: (c.lr as f64 / (1.0 - (c.beta1 as f64).powf(step as f64))) as f32,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            bias_correction2_sqrt: (1.0 - (c.beta2 as f64).powf(step as f64)).sqrt() as f32,
+            eps: c.eps,
+        };
+        for i in 0..params.len() {
+            Emu.adam(&mut p_dev[i], &g_dev[i], &mut m_dev[i], &mut v_dev[i], &clip, &s).unwrap();
+            Emu.ema(&mut ema_dev[i], &p_dev[i], 1.0 - d).unwrap();
+        }
+    }
+    for (i, p) in params.iter().enumerate() {
+        assert_close(&format!("parameter {i} after 3 Adam steps"), &p_dev[i], p.value().as_slice(), 1);
+        assert_close(&format!("EMA {i} after 3 steps"), &ema_dev[i], ema.shadow()[i].as_slice(), 1);
+    }
+}
