@@ -103,3 +103,28 @@ extern "C" __global__ void mse_grad_f32(const float* __restrict__ pred, const fl
     grad[i] = scale * d;
     sq[i] = d * d;
 }
+
+// ---- the class embedding: a table lookup and its gradient ----
+// The indices come as floats (exact below 2^24; the table has 11 rows), so
+// that every buffer of the executors is f32.
+
+// out[i, :] = table[idx[i], :] for i < n rows of `dim`.
+extern "C" __global__ void gather_rows_f32(const float* __restrict__ table, const float* __restrict__ idx,
+                                           float* __restrict__ out, int n, int dim) {
+    long long i = global_index();
+    if (i >= (long long)n * dim) return;
+    out[i] = table[(long long)idx[i / dim] * dim + i % dim];
+}
+
+// d_table[r, :] = sum of d_out[i, :] over the i with idx[i] = r: one thread
+// per table entry, no atomics (so the sum's order is fixed).
+extern "C" __global__ void scatter_rows_f32(const float* __restrict__ d_out, const float* __restrict__ idx,
+                                            float* __restrict__ d_table, int n, int rows, int dim) {
+    long long i = global_index();
+    if (i >= (long long)rows * dim) return;
+    int r = i / dim, j = i % dim;
+    float s = 0.0f;
+    for (int k = 0; k < n; ++k)
+        if ((int)idx[k] == r) s += d_out[(long long)k * dim + j];
+    d_table[i] = s;
+}

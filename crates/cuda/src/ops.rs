@@ -532,6 +532,42 @@ pub trait DeviceOps: Executor {
         self.launch(&OPTIM, "ema_f32", launch::elementwise(n), &mut args)
     }
 
+    /// Rows `idx` (indices as floats) of a table [rows, dim].
+    fn gather_rows(&self, table: &Self::Buf, idx: &Self::Buf, dim: usize) -> Result<Self::Buf> {
+        let n = self.len(idx);
+        if dim == 0 || self.len(table) % dim != 0 {
+            return Err(invalid("gather_rows", format!("a table of {} numbers has no rows of {dim}", self.len(table))));
+        }
+        let mut out = self.zeros(n * dim)?;
+        let mut args = [Arg::In(table), Arg::In(idx), Arg::Out(&mut out), Arg::I32(i32_of(n)), Arg::I32(i32_of(dim))];
+        self.launch(&ELEMENTWISE, "gather_rows_f32", launch::elementwise(n * dim), &mut args)?;
+        Ok(out)
+    }
+
+    /// The gradient of [`DeviceOps::gather_rows`] for a table of `rows` rows.
+    fn scatter_rows(&self, d_out: &Self::Buf, idx: &Self::Buf, rows: usize, dim: usize) -> Result<Self::Buf> {
+        let n = self.len(idx);
+        check_len("scatter_rows gradient", self.len(d_out), n * dim)?;
+        let mut d_table = self.zeros(rows * dim)?;
+        let mut args = [
+            Arg::In(d_out),
+            Arg::In(idx),
+            Arg::Out(&mut d_table),
+            Arg::I32(i32_of(n)),
+            Arg::I32(i32_of(rows)),
+            Arg::I32(i32_of(dim)),
+        ];
+        self.launch(&ELEMENTWISE, "scatter_rows_f32", launch::elementwise(rows * dim), &mut args)?;
+        Ok(d_table)
+    }
+
+    /// A copy of x.
+    fn copy(&self, x: &Self::Buf) -> Result<Self::Buf> {
+        let mut out = self.zeros(self.len(x))?;
+        self.add_assign(&mut out, x)?;
+        Ok(out)
+    }
+
     /// `len` standard normal numbers: draw `offset` of the Philox stream
     /// `seed`, the same numbers as `ddpm_tensor::philox::normal` on the CPU.
     fn randn(&self, len: usize, seed: u64, offset: u64) -> Result<Self::Buf> {

@@ -65,6 +65,8 @@ pub const ELEMENTWISE: Module = Module {
         "split2_f32",
         "q_sample_f32",
         "mse_grad_f32",
+        "gather_rows_f32",
+        "scatter_rows_f32",
     ],
 };
 

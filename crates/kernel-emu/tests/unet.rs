@@ -78,3 +78,39 @@ fn ddpm_on_the_device_draws_the_same_noise_as_the_cpu() {
     let err = relative_error(got.as_slice(), &want);
     assert!(err < 1e-4, "relative error {err:.2e}");
 }
+
+/// The training step's gradients on the device (the recorded forward pass,
+/// the MSE, the backward pass of `ddpm::device`) against the CPU autograd,
+/// for every parameter of the model.
+#[test]
+fn the_device_backward_pass_gives_the_cpu_autograd_gradients() {
+    use ddpm_cuda::{DeviceOps, Executor};
+    let model = trained_model();
+    let schedule = Schedule::new(ScheduleKind::Linear, 1000);
+    let mut rng = StdRng::seed_from_u64(4);
+    let x0 = Tensor::rand_uniform([2, 1, 28, 28], -1.0, 1.0, &mut rng);
+    let eps = Tensor::randn([2, 1, 28, 28], &mut rng);
+    let (t, y) = ([30usize, 870], [6usize, 10]);
+    let x_t = schedule.q_sample(&x0, &t, &eps).unwrap();
+
+    let params = model.named_params();
+    let out = model.forward(&Var::constant(x_t.clone()), &t, Some(&y), &mut Mode::Eval).unwrap();
+    let loss = out.mse(&Var::constant(eps.clone())).unwrap();
+    let want = loss.backward().unwrap();
+
+    let device = DeviceUNet::upload(&Emu, &model).unwrap();
+    let (out, tape) = device.forward_recorded(&Emu, x_t.to_vec(), 2, &t, Some(&y)).unwrap();
+    let (d_out, sq) = Emu.mse_grad(&out, &eps.to_vec(), 2.0 / eps.numel() as f32).unwrap();
+    let got_loss = Emu.sum_inner(&sq, 1, sq.len()).unwrap()[0] / sq.len() as f32;
+    let want_loss = loss.value().item().unwrap();
+    assert!((got_loss - want_loss).abs() < 1e-5 * want_loss.max(1.0), "loss {got_loss} against {want_loss}");
+    let grads = device.backward(&Emu, tape, d_out).unwrap();
+    let missing: Vec<&String> = params.iter().filter(|(_, p)| !grads.contains_key(&p.id())).map(|(n, _)| n).collect();
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+    for (name, p) in &params {
+        let want = want.get(p).unwrap();
+        let got = Emu.download(&grads[&p.id()]).unwrap();
+        let err = relative_error(&got, want);
+        assert!(err < 1e-4, "{name}: relative error {err:.2e}");
+    }
+}
