@@ -183,24 +183,61 @@ fn accumulate_param<E: DeviceOps>(e: &E, grads: &mut HashMap<usize, E::Buf>, id:
     }
 }
 
+/// The model a [`DeviceUNet`] follows: its layers give the structure and
+/// name the parameters (the values on the device are the ones that count).
+enum ModelRef<'m> {
+    Borrowed(&'m UNet),
+    Owned(Box<UNet>),
+}
+
 /// A U-Net whose weights live on the device of `E`.
 pub struct DeviceUNet<'m, E: DeviceOps> {
-    model: &'m UNet,
+    model: ModelRef<'m>,
     params: HashMap<usize, E::Buf>,
 }
 
 impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
     /// Uploads every parameter of `model`.
     pub fn upload(e: &E, model: &'m UNet) -> Result<Self> {
+        let values: Vec<Tensor> = model.named_params().iter().map(|(_, v)| v.value()).collect();
+        Self::with_values(e, ModelRef::Borrowed(model), &values)
+    }
+
+    /// Takes `model` for its structure and uploads `values` as its
+    /// parameters (in the order of `named_params`).
+    pub fn upload_values(e: &E, model: UNet, values: &[Tensor]) -> Result<DeviceUNet<'static, E>> {
+        DeviceUNet::with_values(e, ModelRef::Owned(Box::new(model)), values)
+    }
+
+    fn with_values(e: &E, model: ModelRef<'m>, values: &[Tensor]) -> Result<Self> {
+        let named = match &model {
+            ModelRef::Borrowed(m) => m.named_params(),
+            ModelRef::Owned(m) => m.named_params(),
+        };
+        if named.len() != values.len() {
+            return Err(TensorError::invalid(
+                "device",
+                format!("{} values for {} parameters", values.len(), named.len()),
+            ));
+        }
         let mut params = HashMap::new();
-        for (_, var) in model.named_params() {
-            params.insert(var.id(), e.upload(var.value().as_slice()).map_err(device_error)?);
+        for ((name, var), value) in named.iter().zip(values) {
+            value.expect_shape("device upload", &var.shape()).map_err(|_| {
+                TensorError::invalid(
+                    "device",
+                    format!("{name}: shape {} for a parameter of {}", value.shape(), var.shape()),
+                )
+            })?;
+            params.insert(var.id(), e.upload(value.as_slice()).map_err(device_error)?);
         }
         Ok(DeviceUNet { model, params })
     }
 
     pub fn model(&self) -> &UNet {
-        self.model
+        match &self.model {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Owned(m) => m,
+        }
     }
 
     fn p(&self, v: &Var) -> &E::Buf {
@@ -250,7 +287,7 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
         y: Option<&[usize]>,
         tape: &mut Option<Tape<E::Buf>>,
     ) -> R<(E::Buf, usize)> {
-        let m = self.model;
+        let m = self.model();
         let invalid = |message: String| CudaError::Invalid { op: "unet", message };
         if t.len() != n || e.len(&x) != n * 28 * 28 {
             return Err(invalid(format!("{} timesteps and {} pixels for a batch of {n}", t.len(), e.len(&x))));

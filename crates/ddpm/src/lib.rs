@@ -15,6 +15,7 @@
 
 pub mod data;
 pub mod device;
+pub mod device_train;
 pub mod eval;
 pub mod loss;
 pub mod rng;
@@ -24,4 +25,4 @@ pub mod train;
 
 pub use loss::train_loss;
 pub use schedule::{Schedule, ScheduleKind};
-pub use train::{TrainConfig, Trainer};
+pub use train::{StepInputs, TrainConfig, TrainState, Trainer};

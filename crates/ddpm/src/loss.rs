@@ -10,6 +10,14 @@ use rand::Rng;
 
 use crate::Schedule;
 
+/// A training step's t (one per image, uniform in 0..T) and noise e, in
+/// the reference's order: t first.
+pub fn draw_t_and_noise(schedule: &Schedule, x0: &Tensor, rng: &mut StdRng) -> (Vec<usize>, Tensor) {
+    let n = x0.dims()[0];
+    let t: Vec<usize> = (0..n).map(|_| rng.gen_range(0..schedule.timesteps())).collect();
+    (t, Tensor::randn(x0.shape().clone(), rng))
+}
+
 /// The epsilon-MSE loss on a batch x0 [N, 1, 28, 28] in [-1, 1], with
 /// optional labels. Draws t and e from `rng` (t first, as the reference),
 /// and uses it for dropout too.
@@ -20,9 +28,7 @@ pub fn train_loss(
     labels: Option<&[usize]>,
     rng: &mut StdRng,
 ) -> Result<Var> {
-    let n = x0.dims()[0];
-    let t: Vec<usize> = (0..n).map(|_| rng.gen_range(0..schedule.timesteps())).collect();
-    let eps = Tensor::randn(x0.shape().clone(), rng);
+    let (t, eps) = draw_t_and_noise(schedule, x0, rng);
     let x_t = schedule.q_sample(x0, &t, &eps)?;
     let eps_hat = model.forward(&Var::constant(x_t), &t, labels, &mut Mode::Train(rng))?;
     eps_hat.mse(&Var::constant(eps))

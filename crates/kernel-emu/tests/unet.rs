@@ -114,3 +114,53 @@ fn the_device_backward_pass_gives_the_cpu_autograd_gradients() {
         assert!(err < 1e-4, "{name}: relative error {err:.2e}");
     }
 }
+
+/// Two whole training steps on the device (noising, forward, loss,
+/// backward, clipping, Adam, EMA) leave the run where two CPU steps leave it.
+#[test]
+fn training_steps_on_the_device_match_the_cpu_trainer() {
+    use ddpm::data::{Images, Split};
+    use ddpm::device_train::DeviceTrainer;
+    use ddpm::{TrainConfig, Trainer};
+    use ddpm_nn::Preset;
+
+    let n = 12;
+    let pixels: Vec<u8> = (0..n * 784).map(|i| ((i * 37 + i / 784 * 11) % 256) as u8).collect();
+    let data = Split {
+        images: Images { count: n, rows: 28, cols: 28, pixels },
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    };
+    let config = TrainConfig { batch: 4, warmup: 2, seed: 3, ..TrainConfig::new(Preset::Tiny, 10) };
+
+    let mut cpu = Trainer::new(config.clone(), n).unwrap();
+    let cpu_losses: Vec<f32> = (0..2).map(|_| cpu.train_step(&data).unwrap().loss).collect();
+
+    let mut run = Trainer::new(config, n).unwrap();
+    let mut device = DeviceTrainer::new(&Emu, &run).unwrap();
+    let losses: Vec<f32> = (0..2).map(|_| run.train_step_on(&Emu, &mut device, &data).unwrap().loss).collect();
+    for (a, b) in losses.iter().zip(&cpu_losses) {
+        assert!((a - b).abs() < 1e-5 * b.abs().max(1.0), "losses {losses:?} against {cpu_losses:?}");
+    }
+    let state = device.state(&Emu, run.step_count()).unwrap();
+    run.set_state(state).unwrap();
+
+    let (want, got) = (cpu.state(), run.state());
+    assert_eq!((got.step, got.adam_steps, got.ema_updates), (want.step, want.adam_steps, want.ema_updates));
+    // Adam moves each weight by about the learning rate per step, whatever
+    // the gradient's size, so an element whose gradient is near zero may move
+    // differently on the two devices (the gradients themselves agree to 1e-4,
+    // see above). So: almost every weight within 1% of the two steps'
+    // learning rates (5e-4 + 1e-3), and none further than those steps can go.
+    let (mut off, mut total) = (0usize, 0usize);
+    for (i, (w, g)) in want.weights.iter().zip(&got.weights).enumerate() {
+        for (a, b) in w.as_slice().iter().zip(g.as_slice()) {
+            let d = (a - b).abs();
+            assert!(d < 3e-3, "parameter {i}: a weight {d:.2e} away");
+            off += usize::from(d > 1.5e-5);
+            total += 1;
+        }
+        let err = relative_error(got.m[i].as_slice(), &want.m[i]);
+        assert!(err < 1e-3, "Adam's m of parameter {i}: relative error {err:.2e}");
+    }
+    assert!(off * 10_000 <= total, "{off} of {total} weights differ by more than 1% of a step");
+}
