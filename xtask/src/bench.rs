@@ -8,16 +8,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use ddpm::data::{Images, Split};
 use ddpm::device::DeviceUNet;
-use ddpm::{train_loss, Schedule, ScheduleKind};
+use ddpm::device_train::DeviceTrainer;
+use ddpm::{train_loss, Schedule, ScheduleKind, TrainConfig, Trainer};
 use ddpm_autograd::{no_grad, Tensor, Var};
 use ddpm_cuda::{Executor, Gpu};
 use ddpm_nn::layers::Mode;
 use ddpm_nn::optim::{clip_grad_norm, Adam, AdamConfig};
 use ddpm_nn::{Module, Preset, UNet};
-use rand::{rngs::StdRng, SeedableRng};
+use rand::{rngs::StdRng, Rng, SeedableRng};
 
-use crate::device::{resolve, Device, DeviceArg, Work, TRAINING};
+use crate::device::{resolve, training, Device, DeviceArg, Work};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Workload {
@@ -55,8 +57,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("--classes must be 0 or 10, not {}", args.classes);
     }
     let work = match args.workload {
-        Workload::Train => TRAINING,
-        Workload::Sample => Work::Sampling,
+        Workload::Train => training(args.preset),
+        Workload::Sample => Work::Either,
     };
     let device = resolve(args.device, work)?;
     let mut rng = StdRng::seed_from_u64(0);
@@ -78,7 +80,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rayon::current_num_threads()
     );
     if let Device::Cuda(gpu) = &device {
-        return bench_gpu_forward(gpu, &model, &x0, labels, &args);
+        return match args.workload {
+            Workload::Train => bench_gpu_train(gpu, &args),
+            Workload::Sample => bench_gpu_forward(gpu, &model, &x0, labels, &args),
+        };
     }
     let mut phases = [Duration::ZERO; 3]; // forward, backward, optimiser
     let mut total = Duration::ZERO;
@@ -143,5 +148,29 @@ fn bench_gpu_forward(gpu: &Gpu, model: &UNet, x0: &Tensor, labels: Option<&[usiz
     }
     println!("| forward   | {:>7.1} |", total.as_secs_f64() * 1e3 / args.steps as f64);
     println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
+    Ok(())
+}
+
+/// Whole training steps on the GPU (`ddpm::device_train`): one batch of
+/// random images, each step timed to its loss coming back.
+fn bench_gpu_train(gpu: &Gpu, args: &BenchArgs) -> Result<()> {
+    let n = args.batch;
+    let mut rng = StdRng::seed_from_u64(0);
+    let pixels: Vec<u8> = (0..n * 784).map(|_| rng.gen()).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let data = Split { images: Images { count: n, rows: 28, cols: 28, pixels }, labels };
+    let config = TrainConfig { batch: n, ..TrainConfig::new(args.preset, args.classes) };
+    let mut trainer = Trainer::new(config, n)?;
+    let mut device_trainer = DeviceTrainer::new(gpu, &trainer)?;
+    let mut total = Duration::ZERO;
+    for step in 0..args.steps + 2 {
+        let start = Instant::now();
+        trainer.train_step_on(gpu, &mut device_trainer, &data)?;
+        if step >= 2 {
+            total += start.elapsed();
+        }
+    }
+    println!("| total     | {:>7.1} |", total.as_secs_f64() * 1e3 / args.steps as f64);
+    println!("images/s: {:.1}", (n * args.steps) as f64 / total.as_secs_f64());
     Ok(())
 }

@@ -29,17 +29,23 @@ impl fmt::Display for Device {
     }
 }
 
-/// What a job does on its device.
+/// Where a job's work can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
-    /// The U-Net's forward pass and the sampling loop: built for the GPU.
-    Sampling,
-    /// Work that runs on the CPU only, and why (training: issue #6).
+    /// On the GPU or the CPU (sampling; training without dropout).
+    Either,
+    /// On the CPU only, and why.
     CpuOnly(&'static str),
 }
 
-/// Training: the backward pass and the optimiser are not on the GPU yet.
-pub const TRAINING: Work = Work::CpuOnly("training does not run on the GPU yet (issue #6: sampling does)");
+/// Training `preset`: on either device, but dropout is CPU-only so far.
+pub fn training(preset: ddpm_nn::Preset) -> Work {
+    if preset.config().dropout > 0.0 {
+        Work::CpuOnly("dropout (preset small) does not run on the GPU yet (issue #6)")
+    } else {
+        Work::Either
+    }
+}
 
 /// Picks the device for `work`. `cuda` is an error when no GPU can be used,
 /// naming why (no driver, no NVRTC, no device), or when the work does not
@@ -48,7 +54,7 @@ pub fn resolve(arg: DeviceArg, work: Work) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
         DeviceArg::Auto => match (ddpm_cuda::open(), work) {
-            (Ok(gpu), Work::Sampling) => Ok(Device::Cuda(gpu)),
+            (Ok(gpu), Work::Either) => Ok(Device::Cuda(gpu)),
             (Ok(gpu), Work::CpuOnly(why)) => {
                 eprintln!("note: found {}, but {why}; running on the CPU", gpu.describe());
                 Ok(Device::Cpu)
@@ -59,11 +65,11 @@ pub fn resolve(arg: DeviceArg, work: Work) -> Result<Device> {
             }
         },
         DeviceArg::Cuda => match (ddpm_cuda::open(), work) {
-            (Ok(gpu), Work::Sampling) => Ok(Device::Cuda(gpu)),
+            (Ok(gpu), Work::Either) => Ok(Device::Cuda(gpu)),
             (Ok(gpu), Work::CpuOnly(why)) => {
                 bail!("--device cuda: found {}, but {why}; use --device cpu", gpu.describe())
             }
-            (Err(e), _) => bail!("--device cuda: {e}"),
+            (Err(e), _) => bail!("--device cuda: {e}; use --device cpu (or auto)"),
         },
     }
 }

@@ -164,7 +164,7 @@ const CHUNK: usize = 100;
 pub fn work_of(sampler: SamplerArg) -> Work {
     match sampler {
         SamplerArg::Lecture => Work::CpuOnly("the lecture's formula runs on the CPU only"),
-        _ => Work::Sampling,
+        _ => Work::Either,
     }
 }
 

@@ -22,13 +22,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ddpm::data::{locate, Split, TRAIN_IMAGES, TRAIN_LABELS};
+use ddpm::device_train::DeviceTrainer;
 use ddpm::train::{StepStats, TrainConfig, Trainer};
 use ddpm::ScheduleKind;
 use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::device::{resolve, DeviceArg, TRAINING};
+use crate::device::{resolve, training, Device, DeviceArg};
 use crate::download::Dataset;
 use crate::picture;
 use crate::sample::{draw, grid_labels, SampleSettings};
@@ -108,7 +109,6 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.save_every == 0 {
         bail!("--save-every must be at least 1");
     }
-    let device = resolve(args.device, TRAINING)?;
 
     // The run's folder: a fresh run refuses to overwrite another run's state.
     let preset = args.preset.unwrap_or(Preset::Tiny);
@@ -130,6 +130,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let config = if args.resume { resumed_config(&args, &state_path)? } else { fresh_config(&args) };
     config.validate()?;
+    let device = resolve(args.device, training(config.preset))?;
 
     let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
     let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;
@@ -164,17 +165,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     log.event(json!({"event": "start", "step": start_step, "config": format!("{config:?}"), "data": data_dir}))?;
 
+    // On the GPU the whole step runs there; the trainer gets the state back
+    // before each save.
+    let mut on_gpu = match &device {
+        Device::Cuda(gpu) => Some((gpu, DeviceTrainer::new(gpu, &trainer)?)),
+        Device::Cpu => None,
+    };
     let progress = Progress::new(target, start_step);
     let started = Instant::now();
     let mut speed = Speed::default();
     loop {
         let step_start = Instant::now();
-        let stats = trainer.train_step(&data)?;
+        let stats = match &mut on_gpu {
+            None => trainer.train_step(&data)?,
+            Some((gpu, device_trainer)) => trainer.train_step_on(*gpu, device_trainer, &data)?,
+        };
         speed.add(config.batch, step_start.elapsed());
         log.step(&stats, speed.images_per_s(), started.elapsed())?;
         progress.update(&stats, speed.images_per_s(), started.elapsed());
         let done = target.reached(stats.step, started.elapsed());
         if done || stats.step % args.save_every == 0 {
+            if let Some((gpu, device_trainer)) = &on_gpu {
+                trainer.set_state(device_trainer.state(*gpu, trainer.step_count())?)?;
+            }
             save(&trainer, &out, &mut log)?;
             if !done && progress.bar.is_hidden() {
                 eprintln!(

@@ -3,7 +3,7 @@ use thiserror::Error;
 /// Why the GPU path cannot run, or what went wrong on it.
 #[derive(Debug, Error)]
 pub enum CudaError {
-    #[error("no CUDA driver on this machine (libcuda.so not found): use --device cpu")]
+    #[error("no CUDA driver on this machine (libcuda.so not found)")]
     NoDriver,
     #[error(
         "NVRTC (libnvrtc.so.13) not found, so the kernels cannot be compiled: install the nvidia-cuda-nvrtc \
