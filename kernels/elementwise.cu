@@ -128,3 +128,15 @@ extern "C" __global__ void scatter_rows_f32(const float* __restrict__ d_out, con
         if ((int)idx[k] == r) s += d_out[(long long)k * dim + j];
     d_table[i] = s;
 }
+
+// ---- inverted dropout, its mask from Philox (as crates/nn/src/layers/dropout.rs) ----
+// philox_uniform comes from philox.cuh, compiled in front of this file.
+
+// y = x * mask, mask = 0 where draw i of the Philox stream `seed` is below
+// p, else 1 / (1 - p). The gradient is the same op on dy with the same seed.
+extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float p,
+                                       unsigned long long seed) {
+    long long i = global_index();
+    if (i >= n) return;
+    y[i] = philox_uniform(seed, 0, (unsigned long long)i) < p ? 0.0f : x[i] * (1.0f / (1.0f - p));
+}

@@ -1,9 +1,7 @@
 // sampling.cu: counter-based noise (Philox4x32-10) and the fused update of
 // one sampling step, DDPM or DDIM, with classifier-free guidance.
 //
-// Noise. Element i of the draw number `offset` of the stream `seed` is
-//   philox4x32_10(counter = (i lo, i hi, offset lo, offset hi), key = (seed lo, seed hi))
-// turned into one N(0, 1) number by Box-Muller on its first two words. The CPU
+// Noise comes from philox.cuh (compiled in front of this file): the CPU
 // computes the same function (crates/tensor/src/philox.rs), so a seed gives
 // the same noise, and the same samples, on both devices.
 //
@@ -11,31 +9,6 @@
 //   guidance   e   = (1 + w) e(x, t, y) - w e(x, t, null)     (eps holds both halves)
 //   DDPM       x'  = (x - eps_coef e) / sqrt_a + sigma z
 //   DDIM       x0  = (x - sqrt(1 - ab) e) / sqrt(ab),  x' = sqrt(ab_prev) x0 + dir e + sigma z   (in f64)
-
-static __device__ __forceinline__ uint4 philox4x32_10(uint4 ctr, uint2 key) {
-    const unsigned int M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
-    for (int round = 0; round < 10; ++round) {
-        if (round > 0) {
-            key.x += W0;
-            key.y += W1;
-        }
-        unsigned int hi0 = __umulhi(M0, ctr.x), lo0 = M0 * ctr.x;
-        unsigned int hi1 = __umulhi(M1, ctr.z), lo1 = M1 * ctr.z;
-        ctr = make_uint4(hi1 ^ ctr.y ^ key.x, lo1, hi0 ^ ctr.w ^ key.y, lo0);
-    }
-    return ctr;
-}
-
-// N(0, 1) from two 24-bit uniforms: u1 in (0, 1] (so the log is finite), u2 in [0, 1).
-static __device__ __forceinline__ float philox_normal(unsigned long long seed, unsigned long long offset,
-                                                      unsigned long long i) {
-    uint4 r = philox4x32_10(make_uint4((unsigned int)i, (unsigned int)(i >> 32), (unsigned int)offset,
-                                       (unsigned int)(offset >> 32)),
-                            make_uint2((unsigned int)seed, (unsigned int)(seed >> 32)));
-    float u1 = ((r.x >> 8) + 1) * (1.0f / 16777216.0f);
-    float u2 = (r.y >> 8) * (1.0f / 16777216.0f);
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853071795864f * u2);
-}
 
 // The raw Philox words, four per counter: for the known-answer test.
 extern "C" __global__ void philox4x32_10_u32(unsigned int* out, const unsigned int* ctr_key, int count) {

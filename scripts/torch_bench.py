@@ -1,12 +1,15 @@
 """Time PyTorch on this machine, for the side-by-side with the Rust benches.
 
     python scripts/torch_bench.py matmul                        [--device cpu|cuda] [--json FILE]
+    python scripts/torch_bench.py conv2d                        [--device cpu|cuda] [--batch 64]
     python scripts/torch_bench.py train  --preset tiny --batch 64 [--classes 10] [--seconds 20 | --steps N]
     python scripts/torch_bench.py sample --preset small --batch 64 --steps 50 [--classes 10 --guidance 2]
 
 matmul: GFLOP/s (2*M*K*N / seconds) of torch.matmul on f32 [M,K] @ [K,N] at the
     U-Net's GEMM shapes, the same list as the Rust bench; median of timed runs
     after a warm-up.
+conv2d: GFLOP/s of F.conv2d (cuDNN on the GPU, oneDNN on the CPU) and of its
+    input and weight gradients, at the shapes of benches/conv2d.rs (batch 64).
 train:  images/s of one training step = ddpm_ref.train_loss (random t, closed-form
     x_t, MSE on the noise) forward + backward + torch.optim.Adam step, model in
     train() mode (dropout on for `small`), x0 uniform in [-1, 1].
@@ -95,6 +98,44 @@ def bench_matmul(args, device):
     for r in rows:
         print(f"| {r['m']} | {r['k']} | {r['n']} | {r['ms']:.3f} | {r['gflops']:.1f} | {r['runs']} |")
     return dict(bench="matmul", rows=rows)
+
+
+# (C, K, H = W, kernel, stride, padding, name): the shapes of benches/conv2d.rs.
+CONV_SHAPES = [
+    (16, 16, 28, 3, 1, 1, "tiny 16->16 3x3 @28x28"),
+    (32, 32, 14, 3, 1, 1, "tiny 32->32 3x3 @14x14"),
+    (32, 32, 7, 3, 1, 1, "tiny 32->32 3x3 @7x7"),
+    (16, 16, 28, 3, 2, 1, "tiny downsample 16->16 3x3 stride 2 @28->14"),
+    (1, 16, 28, 3, 1, 1, "stem 1->16 3x3 @28x28"),
+    (32, 96, 7, 1, 1, 0, "attention qkv 32->96 1x1 @7x7"),
+]
+
+
+def bench_conv2d(args, device):
+    import torch.nn.functional as F
+    g = torch.Generator(device=device).manual_seed(0)
+    rows = []
+    for c, k, hw, r, stride, pad, name in CONV_SHAPES:
+        x = torch.randn((args.batch, c, hw, hw), generator=g, device=device)
+        w = torch.randn((k, c, r, r), generator=g, device=device)
+        y = F.conv2d(x, w, stride=stride, padding=pad)
+        dy = torch.randn(y.shape, generator=g, device=device)
+        flops = 2.0 * y.numel() * c * r * r
+        row = dict(shape=name)
+        for what, fn in [
+            ("forward", lambda: F.conv2d(x, w, stride=stride, padding=pad)),
+            ("d_input", lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, stride=stride, padding=pad)),
+            ("d_weight", lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, stride=stride, padding=pad)),
+        ]:
+            sec, _ = time_runs(fn, device, args.min_seconds)
+            row[what] = flops / sec / 1e9
+        rows.append(row)
+    print()
+    print("| shape | forward | d_input | d_weight |")
+    print("|---|--:|--:|--:|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['forward']:.0f} | {r['d_input']:.0f} | {r['d_weight']:.0f} |")
+    return dict(bench="conv2d", rows=rows)
 
 
 def make_labels(args, n, g, device):
@@ -187,7 +228,7 @@ def bench_sample(args, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bench", choices=["matmul", "train", "sample"])
+    ap.add_argument("bench", choices=["matmul", "conv2d", "train", "sample"])
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: PyTorch's default)")
     ap.add_argument("--json", metavar="FILE", help="also write the JSON result to FILE")
@@ -217,7 +258,7 @@ def main():
         args.steps = 50
 
     info = header(device)
-    res = dict(matmul=bench_matmul, train=bench_train, sample=bench_sample)[args.bench](args, device)
+    res = dict(matmul=bench_matmul, conv2d=bench_conv2d, train=bench_train, sample=bench_sample)[args.bench](args, device)
     res.update(info)
     line = json.dumps(res)
     print()

@@ -1,6 +1,6 @@
 //! Compiles every `kernels/*.cu` as C++ for the CPU, with
-//! `kernels/emu/cuda_emu.h` in front (and the shared headers `gemm.cuh` and
-//! `reduce.cuh`, which some of them build on), into one static library the
+//! `kernels/emu/cuda_emu.h` in front (and the shared headers `gemm.cuh`,
+//! `reduce.cuh` and `philox.cuh`, which some of them build on), into one static library the
 //! tests call.
 
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ fn main() {
         let stem = cu.file_stem().unwrap().to_string_lossy();
         let wrapper = out.join(format!("{stem}_emu.cpp"));
         let text = format!(
-            "#include \"cuda_emu.h\"\n#include \"gemm.cuh\"\n#include \"reduce.cuh\"\n#include \"{}\"\n",
+            "#include \"cuda_emu.h\"\n#include \"gemm.cuh\"\n#include \"reduce.cuh\"\n#include \"philox.cuh\"\n#include \"{}\"\n",
             cu.display()
         );
         std::fs::write(&wrapper, text).unwrap();

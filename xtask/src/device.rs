@@ -32,19 +32,10 @@ impl fmt::Display for Device {
 /// Where a job's work can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Work {
-    /// On the GPU or the CPU (sampling; training without dropout).
+    /// On the GPU or the CPU (training, sampling).
     Either,
-    /// On the CPU only, and why.
+    /// On the CPU only, and why (the lecture's formula).
     CpuOnly(&'static str),
-}
-
-/// Training `preset`: on either device, but dropout is CPU-only so far.
-pub fn training(preset: ddpm_nn::Preset) -> Work {
-    if preset.config().dropout > 0.0 {
-        Work::CpuOnly("dropout (preset small) does not run on the GPU yet (issue #6)")
-    } else {
-        Work::Either
-    }
 }
 
 /// Picks the device for `work`. `cuda` is an error when no GPU can be used,

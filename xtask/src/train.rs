@@ -29,7 +29,7 @@ use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::device::{resolve, training, Device, DeviceArg};
+use crate::device::{resolve, Device, DeviceArg, Work};
 use crate::download::Dataset;
 use crate::picture;
 use crate::sample::{draw, grid_labels, SampleSettings};
@@ -130,7 +130,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let config = if args.resume { resumed_config(&args, &state_path)? } else { fresh_config(&args) };
     config.validate()?;
-    let device = resolve(args.device, training(config.preset))?;
+    let device = resolve(args.device, Work::Either)?;
 
     let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
     let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;

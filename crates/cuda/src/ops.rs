@@ -561,6 +561,16 @@ pub trait DeviceOps: Executor {
         Ok(d_table)
     }
 
+    /// Inverted dropout with the mask of Philox stream `seed` (the same mask
+    /// as `ddpm_nn::layers::dropout_mask`); its gradient is the same op on dy.
+    fn dropout(&self, x: &Self::Buf, p: f32, seed: u64) -> Result<Self::Buf> {
+        let n = self.len(x);
+        let mut y = self.zeros(n)?;
+        let mut args = [Arg::In(x), Arg::Out(&mut y), Arg::I64(n as i64), Arg::F32(p), Arg::U64(seed)];
+        self.launch(&ELEMENTWISE, "dropout_f32", launch::elementwise(n), &mut args)?;
+        Ok(y)
+    }
+
     /// A copy of x.
     fn copy(&self, x: &Self::Buf) -> Result<Self::Buf> {
         let mut out = self.zeros(self.len(x))?;

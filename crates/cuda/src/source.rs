@@ -3,7 +3,7 @@
 //! `kernels/*.cu` are compiled at run time by NVRTC (see [`crate::nvrtc`]);
 //! embedding them means a built binary needs no source tree. NVRTC has no
 //! include path here, so a file that builds on a shared header (`gemm.cuh`)
-//! or `reduce.cuh` lists it as a prelude: the program compiled is the preludes, then the file.
+//! `reduce.cuh` or `philox.cuh` lists it as a prelude: the program compiled is the preludes, then the file.
 
 /// One compilation unit: a `.cu` file and what it needs in front of it.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +29,8 @@ pub const GEMM: Prelude = Prelude { file: "gemm.cuh", source: include_str!("../.
 
 pub const REDUCE: Prelude = Prelude { file: "reduce.cuh", source: include_str!("../../../kernels/reduce.cuh") };
 
+pub const PHILOX: Prelude = Prelude { file: "philox.cuh", source: include_str!("../../../kernels/philox.cuh") };
+
 pub const CONV2D: Module = Module {
     file: "conv2d.cu",
     preludes: &[GEMM],
@@ -52,7 +54,7 @@ pub const MATMUL: Module = Module {
 
 pub const ELEMENTWISE: Module = Module {
     file: "elementwise.cu",
-    preludes: &[],
+    preludes: &[PHILOX],
     source: include_str!("../../../kernels/elementwise.cu"),
     kernels: &[
         "silu_f32",
@@ -67,6 +69,7 @@ pub const ELEMENTWISE: Module = Module {
         "mse_grad_f32",
         "gather_rows_f32",
         "scatter_rows_f32",
+        "dropout_f32",
     ],
 };
 
@@ -79,7 +82,7 @@ pub const SOFTMAX: Module = Module {
 
 pub const SAMPLING: Module = Module {
     file: "sampling.cu",
-    preludes: &[],
+    preludes: &[PHILOX],
     source: include_str!("../../../kernels/sampling.cu"),
     kernels: &["philox4x32_10_u32", "randn_f32", "ddpm_step_f32", "ddim_step_f32"],
 };

@@ -119,6 +119,13 @@ enum Rec<B> {
         ca: usize,
         cb: usize,
     },
+    /// Inverted dropout with the mask of Philox stream `seed`.
+    Dropout {
+        x: usize,
+        out: usize,
+        p: f32,
+        seed: u64,
+    },
     Upsample {
         x: usize,
         out: usize,
@@ -143,11 +150,19 @@ pub struct Tape<B> {
     recs: Vec<Rec<B>>,
     next: usize,
     output: usize,
+    /// The seeds of the dropout masks still to draw, in the order of the
+    /// ResBlocks (the order the CPU's forward pass draws them in).
+    dropout_seeds: std::collections::VecDeque<u64>,
 }
 
 impl<B> Tape<B> {
-    fn new() -> Tape<B> {
-        Tape { recs: vec![], next: CONSTANT + 1, output: CONSTANT }
+    fn new(dropout_seeds: &[u64]) -> Tape<B> {
+        Tape {
+            recs: vec![],
+            next: CONSTANT + 1,
+            output: CONSTANT,
+            dropout_seeds: dropout_seeds.iter().copied().collect(),
+        }
     }
 }
 
@@ -262,7 +277,9 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
         Ok(out)
     }
 
-    /// The forward pass, recorded for [`DeviceUNet::backward`].
+    /// The forward pass in training mode, recorded for
+    /// [`DeviceUNet::backward`]. Each ResBlock with dropout takes the next
+    /// of `dropout_seeds` for its mask (see `ddpm_nn::layers::dropout`).
     pub fn forward_recorded(
         &self,
         e: &E,
@@ -270,8 +287,9 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
         n: usize,
         t: &[usize],
         y: Option<&[usize]>,
+        dropout_seeds: &[u64],
     ) -> Result<(E::Buf, Tape<E::Buf>)> {
-        let mut tape = Some(Tape::new());
+        let mut tape = Some(Tape::new(dropout_seeds));
         let (out, id) = self.run(e, Rc::new(x), n, t, y, &mut tape).map_err(device_error)?;
         let mut tape = tape.expect("recording");
         tape.output = id;
@@ -450,7 +468,20 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
         Ok(Act { buf: Rc::new(y), id, c: x.c, h: 2 * h, w: 2 * w })
     }
 
-    /// ResBlock::forward with dropout off (eval, or a preset without it).
+    /// Inverted dropout with the next seed of the tape; none without a tape
+    /// (evaluation).
+    fn dropout(&self, e: &E, tape: &mut Option<Tape<E::Buf>>, x: Act<E::Buf>, p: f32) -> R<Act<E::Buf>> {
+        let Some(t) = tape.as_mut() else { return Ok(x) };
+        let seed = t.dropout_seeds.pop_front().ok_or_else(|| CudaError::Invalid {
+            op: "unet",
+            message: "more dropout layers than dropout seeds".into(),
+        })?;
+        let y = e.dropout(&x.buf, p, seed)?;
+        let id = record(tape, |out| Rec::Dropout { x: x.id, out, p, seed });
+        Ok(Act { buf: Rc::new(y), id, ..x })
+    }
+
+    /// ResBlock::forward; dropout only when recording (training).
     fn res_block(
         &self,
         e: &E,
@@ -464,7 +495,10 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
         let h = self.conv(e, tape, &b.conv1, &h, n)?;
         let t = self.linear(e, tape, &b.temb_proj, emb_silu, n)?;
         let h = self.add_broadcast(e, tape, h, &t)?;
-        let h = self.norm(e, tape, &b.norm2, &h, n, true)?;
+        let mut h = self.norm(e, tape, &b.norm2, &h, n, true)?;
+        if b.dropout > 0.0 {
+            h = self.dropout(e, tape, h, b.dropout)?;
+        }
         let h = self.conv(e, tape, &b.conv2, &h, n)?;
         match &b.skip {
             Some(skip) => {
@@ -590,6 +624,10 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
                     let (da, db) = e.split2(&dy, outer, ca, cb)?;
                     accumulate(e, &mut grads, a, da)?;
                     accumulate(e, &mut grads, b, db)?;
+                }
+                Rec::Dropout { x, out, p, seed } => {
+                    let Some(dy) = grads.remove(&out) else { continue };
+                    accumulate(e, &mut grads, x, e.dropout(&dy, p, seed)?)?;
                 }
                 Rec::Upsample { x, out, planes, h, w } => {
                     let Some(dy) = grads.remove(&out) else { continue };

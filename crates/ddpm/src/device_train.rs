@@ -2,7 +2,9 @@
 //! forward pass, the loss, the backward pass, the gradient clipping, Adam
 //! and the EMA. Only the step's inputs go up (the batch, its t, e and
 //! labels, drawn by [`Trainer::step_inputs`] exactly as the CPU draws them),
-//! and only the loss and the gradient norm come back.
+//! and only the loss and the gradient norm come back. Dropout masks come from
+//! Philox streams whose seeds the step's generator draws, one per ResBlock,
+//! as the CPU's dropout draws them: both devices drop the same elements.
 //!
 //! The CPU [`Trainer`] keeps the run (configuration, data order, counters,
 //! saving and resuming); [`DeviceTrainer`] takes over its state, and gives
@@ -32,20 +34,9 @@ pub struct DeviceTrainer<E: DeviceOps> {
 }
 
 impl<E: DeviceOps> DeviceTrainer<E> {
-    /// Uploads `trainer`'s state. Dropout is not built on the device yet:
-    /// a preset with dropout (`small`) is refused.
+    /// Uploads `trainer`'s state.
     pub fn new(e: &E, trainer: &Trainer) -> Result<Self> {
         let config = trainer.config();
-        let dropout = config.preset.config().dropout;
-        if dropout > 0.0 {
-            return Err(TensorError::invalid(
-                "device training",
-                format!(
-                    "preset {} uses dropout {dropout}, which does not run on the GPU yet (issue #6)",
-                    config.preset
-                ),
-            ));
-        }
         let state = trainer.state();
         let model = UNet::new(config.preset, config.classes, &mut stream(0, Stream::Init, 0));
         let vars: Vec<Var> = model.named_params().into_iter().map(|(_, v)| v).collect();
@@ -84,7 +75,10 @@ impl<E: DeviceOps> DeviceTrainer<E> {
 
         let invalid =
             |err: TensorError| ddpm_cuda::CudaError::Invalid { op: "device training", message: err.to_string() };
-        let (out, tape) = self.net.forward_recorded(e, x_t, n, &inputs.t, inputs.labels.as_deref()).map_err(invalid)?;
+        let (out, tape) = self
+            .net
+            .forward_recorded(e, x_t, n, &inputs.t, inputs.labels.as_deref(), &inputs.dropout_seeds)
+            .map_err(invalid)?;
         let numel = inputs.eps.numel();
         let (d_out, squares) = e.mse_grad(&out, &eps, 2.0 / numel as f32)?;
         let mut grads = self.net.backward(e, tape, d_out).map_err(invalid)?;

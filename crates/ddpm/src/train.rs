@@ -256,7 +256,9 @@ impl Trainer {
     pub fn step_inputs(&mut self, data: &Split) -> Result<StepInputs, TrainError> {
         let (x0, labels, mut rng) = self.batch_and_labels(data)?;
         let (t, eps) = draw_t_and_noise(&self.schedule, &x0, &mut rng);
-        Ok(StepInputs { x0, labels, t, eps })
+        // Then one seed per dropout layer, in the order the forward pass draws them.
+        let dropout_seeds = (0..self.model.dropout_layers()).map(|_| rng.gen()).collect();
+        Ok(StepInputs { x0, labels, t, eps, dropout_seeds })
     }
 
     /// One training step on `data`, which must be the data set of
@@ -448,6 +450,8 @@ pub struct StepInputs {
     pub labels: Option<Vec<usize>>,
     pub t: Vec<usize>,
     pub eps: Tensor,
+    /// The seeds of the dropout masks, one per ResBlock with dropout.
+    pub dropout_seeds: Vec<u64>,
 }
 
 /// A training run's state in memory (see [`Trainer::state`]).

@@ -83,6 +83,7 @@ pub mod ffi {
         pub fn mse_grad_f32(pred: *const f32, target: *const f32, grad: *mut f32, sq: *mut f32, n: i64, scale: f32);
         pub fn gather_rows_f32(table: *const f32, idx: *const f32, out: *mut f32, n: i32, dim: i32);
         pub fn scatter_rows_f32(d_out: *const f32, idx: *const f32, d_table: *mut f32, n: i32, rows: i32, dim: i32);
+        pub fn dropout_f32(x: *const f32, y: *mut f32, n: i64, p: f32, seed: u64);
         // softmax.cu
         pub fn softmax_rows_f32(x: *mut f32, cols: i32);
         pub fn softmax_bwd_rows_f32(y: *const f32, g: *mut f32, cols: i32);
@@ -384,6 +385,9 @@ impl Executor for Emu {
             }
             ("scatter_rows_f32", &[P(g), P(i), P(o), I(n), I(r), I(d)]) => {
                 launch(at, || unsafe { ffi::scatter_rows_f32(g.get(), i.get(), o.get(), n, r, d) })
+            }
+            ("dropout_f32", &[P(x), P(y), L(n), F(p), U(seed)]) => {
+                launch(at, || unsafe { ffi::dropout_f32(x.get(), y.get(), n, p, seed) })
             }
             ("sum_inner_f32", &[P(x), P(o), I(inner)]) => {
                 launch(at, || unsafe { ffi::sum_inner_f32(x.get(), o.get(), inner) })

@@ -402,3 +402,15 @@ fn clipping_adam_and_the_ema_match_the_cpu_optimiser() {
         assert_close(&format!("EMA {i} after 3 steps"), &ema_dev[i], ema.shadow()[i].as_slice(), 1);
     }
 }
+
+#[test]
+fn dropout_draws_the_cpu_mask_from_the_same_seed() {
+    let n = 5000;
+    let x = randn(n, 80);
+    let mask = ddpm_nn::layers::dropout_mask(12345, 0.1, n);
+    let want: Vec<f32> = x.iter().zip(&mask).map(|(a, m)| a * m).collect();
+    let got = Emu.dropout(&x, 0.1, 12345).unwrap();
+    assert_close("dropout", &got, &want, 1);
+    let dropped = got.iter().filter(|&&v| v == 0.0).count();
+    assert!((400..600).contains(&dropped), "{dropped} of {n} dropped at p = 0.1");
+}

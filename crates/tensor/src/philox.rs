@@ -36,6 +36,15 @@ pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
     ctr
 }
 
+/// Element `i` of draw `offset` of stream `seed`, uniform in [0, 1) (24 bits).
+pub fn uniform(seed: u64, offset: u64, i: u64) -> f32 {
+    let r = philox4x32_10(
+        [i as u32, (i >> 32) as u32, offset as u32, (offset >> 32) as u32],
+        [seed as u32, (seed >> 32) as u32],
+    );
+    (r[0] >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
 /// Element `i` of draw `offset` of stream `seed`, N(0, 1).
 pub fn normal(seed: u64, offset: u64, i: u64) -> f32 {
     let r = philox4x32_10(

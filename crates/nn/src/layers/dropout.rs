@@ -13,14 +13,27 @@ pub enum Mode<'a> {
 /// with probability p and the survivors are scaled by 1 / (1 - p), so the
 /// expected value is unchanged; in evaluation it is the identity.
 /// The mask is a constant, so the gradient is g * mask with no rule of its own.
+///
+/// Each call draws one u64 from the generator and takes the mask from that
+/// Philox stream ([`dropout_mask`]): the GPU (`kernels/elementwise.cu`,
+/// `dropout_f32`) computes the same mask from the same seed.
 pub fn dropout(x: &Var, p: f32, mode: &mut Mode) -> Result<Var> {
     match mode {
         Mode::Train(rng) if p > 0.0 => {
-            let keep = 1.0 / (1.0 - p);
-            let mut mask = ddpm_tensor::pool::take(x.shape().numel());
-            mask.iter_mut().for_each(|m| *m = if rng.gen::<f32>() < p { 0.0 } else { keep });
-            x.mul(&Var::constant(Tensor::from_vec(mask, x.shape())?))
+            let seed: u64 = rng.gen();
+            x.mul(&Var::constant(Tensor::from_vec(dropout_mask(seed, p, x.shape().numel()), x.shape())?))
         }
         _ => Ok(x.clone()),
     }
+}
+
+/// The mask of inverted dropout: element i is 0 where Philox stream `seed`
+/// draws below p, else 1 / (1 - p).
+pub fn dropout_mask(seed: u64, p: f32, len: usize) -> Vec<f32> {
+    let keep = 1.0 / (1.0 - p);
+    let mut mask = ddpm_tensor::pool::take(len);
+    mask.iter_mut()
+        .enumerate()
+        .for_each(|(i, m)| *m = if ddpm_tensor::philox::uniform(seed, 0, i as u64) < p { 0.0 } else { keep });
+    mask
 }

@@ -9,7 +9,7 @@ mod norm;
 mod timestep;
 
 pub use conv::Conv2d;
-pub use dropout::{dropout, Mode};
+pub use dropout::{dropout, dropout_mask, Mode};
 pub use embedding::Embedding;
 pub use linear::Linear;
 pub use norm::GroupNorm;
