@@ -24,6 +24,7 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
 }
 
 impl Gpu {
@@ -38,7 +39,7 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice { ordinal, reason: e.to_string() })?;
         let stream = ctx.default_stream();
-        Ok(Gpu { ctx, stream, modules: Mutex::new(HashMap::new()) })
+        Ok(Gpu { ctx, stream, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
     }
 
     /// "NVIDIA H100 80GB HBM3 (device 0)", say.
@@ -52,8 +53,12 @@ impl Gpu {
         Ok(self.stream.synchronize()?)
     }
 
-    /// `kernel` of `module`, compiling and loading the module on first use.
+    /// `kernel` of `module`, compiling and loading the module on first use
+    /// (kernel names are unique across the modules).
     pub fn function(&self, module: &Module, kernel: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap().get(kernel) {
+            return Ok(f.clone());
+        }
         let loaded = {
             let mut modules = self.modules.lock().unwrap();
             match modules.get(module.file) {
@@ -65,7 +70,9 @@ impl Gpu {
                 }
             }
         };
-        loaded.load_function(kernel).map_err(|_| CudaError::NoKernel { file: module.file, kernel })
+        let f = loaded.load_function(kernel).map_err(|_| CudaError::NoKernel { file: module.file, kernel })?;
+        self.functions.lock().unwrap().insert(kernel, f.clone());
+        Ok(f)
     }
 }
 

@@ -165,6 +165,16 @@ mod tests {
     }
 
     #[test]
+    fn kernel_names_are_unique_across_modules() {
+        let mut seen = std::collections::HashSet::new();
+        for m in MODULES {
+            for k in m.kernels {
+                assert!(seen.insert(*k), "{k} is listed twice");
+            }
+        }
+    }
+
+    #[test]
     fn kernel_names_are_found_with_or_without_launch_bounds() {
         let src = "extern \"C\" __global__ void plain(int n) {}\n\
                    extern \"C\" __global__ void __launch_bounds__(256) bounded(\n float* x) {}\n\

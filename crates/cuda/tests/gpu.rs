@@ -132,8 +132,12 @@ fn the_u_net_and_the_samplers_on_the_gpu_match_the_cpu() {
     use ddpm_nn::{Module, UNet};
 
     let Some(gpu) = gpu() else { return };
-    let ckpt = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures/rust_trained_tiny_c10.safetensors");
+    // The binary may run on another machine (the GPU host): DDPM_FIXTURES
+    // points at tests/fixtures there.
+    let fixtures = std::env::var_os("DDPM_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures"));
+    let ckpt = fixtures.join("rust_trained_tiny_c10.safetensors");
     let meta = read_metadata(&ckpt).unwrap();
     let model = UNet::new(meta.preset.parse().unwrap(), meta.num_classes, &mut StdRng::seed_from_u64(0));
     load_into(&ckpt, &model.named_params()).unwrap();
