@@ -33,6 +33,10 @@ pub trait Executor {
     type Buf;
 
     fn zeros(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer for a kernel's output, which the kernel must write in full:
+    /// uninitialised on the GPU (no memset), NaN in the emulation (so that a
+    /// kernel that misses part of its output fails the tests).
+    fn output(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, host: &[f32]) -> Result<Self::Buf>;
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;

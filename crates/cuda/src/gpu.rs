@@ -86,6 +86,13 @@ impl Executor for Gpu {
         Ok(self.stream.alloc_zeros::<f32>(len)?)
     }
 
+    fn output(&self, len: usize) -> Result<CudaSlice<f32>> {
+        // Safety: every op allocating with `output` launches a kernel that
+        // writes every element before anything reads it (the emulation's
+        // NaN-filled outputs check this in the tests).
+        Ok(unsafe { self.stream.alloc::<f32>(len) }?)
+    }
+
     fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
         Ok(self.stream.clone_htod(host)?)
     }

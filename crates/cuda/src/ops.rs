@@ -153,7 +153,7 @@ pub trait DeviceOps: Executor {
         if let Some(b) = bias {
             check_len("conv2d bias", self.len(b), g.k)?;
         }
-        let mut y = self.zeros(g.output_len())?;
+        let mut y = self.output(g.output_len())?;
         let (name, at) = match kernel {
             ConvKernel::Tiled => ("conv2d_fwd_f32", g.forward()),
             ConvKernel::Naive => ("conv2d_fwd_naive_f32", launch::elementwise(g.output_len())),
@@ -174,7 +174,7 @@ pub trait DeviceOps: Executor {
     ) -> Result<Self::Buf> {
         check_len("conv2d output gradient", self.len(d_y), g.output_len())?;
         check_len("conv2d weight", self.len(w), g.weight_len())?;
-        let mut d_x = self.zeros(g.input_len())?;
+        let mut d_x = self.output(g.input_len())?;
         let (name, at) = match kernel {
             ConvKernel::Tiled => ("conv2d_bwd_input_f32", g.backward_input()),
             ConvKernel::Naive => ("conv2d_bwd_input_naive_f32", launch::elementwise(g.input_len())),
@@ -196,7 +196,7 @@ pub trait DeviceOps: Executor {
     ) -> Result<Self::Buf> {
         check_len("conv2d input", self.len(x), g.input_len())?;
         check_len("conv2d output gradient", self.len(d_y), g.output_len())?;
-        let mut d_w = self.zeros(g.weight_len())?;
+        let mut d_w = self.output(g.weight_len())?;
         let (name, at) = match kernel {
             ConvKernel::Tiled => ("conv2d_bwd_weight_f32", g.backward_weight()),
             ConvKernel::Naive => ("conv2d_bwd_weight_naive_f32", launch::elementwise(g.weight_len())),
@@ -229,7 +229,7 @@ pub trait DeviceOps: Executor {
         if let Some(bias) = bias {
             check_len("matmul bias", self.len(bias), s.n)?;
         }
-        let mut c = self.zeros(s.c_len())?;
+        let mut c = self.output(s.c_len())?;
         let mut args =
             vec![Arg::InAt(a.0, a.1), Arg::InAt(b.0, b.1), Arg::Out(&mut c), bias.map_or(Arg::Null, Arg::In)];
         args.extend(s.args().map(Arg::I32));
@@ -249,7 +249,7 @@ pub trait DeviceOps: Executor {
         eps: f32,
     ) -> Result<(Self::Buf, Self::Buf, Self::Buf)> {
         g.check(self.len(x), self.len(gamma), self.len(beta))?;
-        let (mut y, mut mean, mut rstd) = (self.zeros(self.len(x))?, self.zeros(g.rows())?, self.zeros(g.rows())?);
+        let (mut y, mut mean, mut rstd) = (self.output(self.len(x))?, self.output(g.rows())?, self.output(g.rows())?);
         let mut args =
             vec![Arg::In(x), Arg::In(gamma), Arg::In(beta), Arg::Out(&mut y), Arg::Out(&mut mean), Arg::Out(&mut rstd)];
         args.extend([
@@ -279,8 +279,8 @@ pub trait DeviceOps: Executor {
         check_len("group norm output gradient", self.len(d_y), self.len(x))?;
         check_len("group norm mean", self.len(mean), g.rows())?;
         check_len("group norm rstd", self.len(rstd), g.rows())?;
-        let mut d_x = self.zeros(self.len(x))?;
-        let (mut dg_part, mut db_part) = (self.zeros(g.n * g.c)?, self.zeros(g.n * g.c)?);
+        let mut d_x = self.output(self.len(x))?;
+        let (mut dg_part, mut db_part) = (self.output(g.n * g.c)?, self.output(g.n * g.c)?);
         let mut args = vec![Arg::In(x), Arg::In(gamma), Arg::In(beta), Arg::In(d_y), Arg::In(mean), Arg::In(rstd)];
         args.extend([Arg::Out(&mut d_x), Arg::Out(&mut dg_part), Arg::Out(&mut db_part)]);
         args.extend([
@@ -298,7 +298,7 @@ pub trait DeviceOps: Executor {
     /// The column sums of a rows x cols matrix.
     fn sum_rows(&self, m: &Self::Buf, rows: usize, cols: usize) -> Result<Self::Buf> {
         check_len("sum_rows input", self.len(m), rows * cols)?;
-        let mut out = self.zeros(cols)?;
+        let mut out = self.output(cols)?;
         let mut args = [Arg::In(m), Arg::Out(&mut out), Arg::I32(i32_of(rows)), Arg::I32(i32_of(cols))];
         self.launch(&NORM, "sum_rows_f32", launch::elementwise(cols), &mut args)?;
         Ok(out)
@@ -307,7 +307,7 @@ pub trait DeviceOps: Executor {
     /// silu(x).
     fn silu(&self, x: &Self::Buf) -> Result<Self::Buf> {
         let n = self.len(x);
-        let mut y = self.zeros(n)?;
+        let mut y = self.output(n)?;
         self.launch(
             &ELEMENTWISE,
             "silu_f32",
@@ -342,7 +342,7 @@ pub trait DeviceOps: Executor {
         check_len("concat lhs", self.len(a), outer * ca)?;
         check_len("concat rhs", self.len(b), outer * cb)?;
         let n = outer * (ca + cb);
-        let mut out = self.zeros(n)?;
+        let mut out = self.output(n)?;
         let mut args = [
             Arg::In(a),
             Arg::In(b),
@@ -359,7 +359,7 @@ pub trait DeviceOps: Executor {
     fn upsample2x(&self, x: &Self::Buf, planes: usize, h: usize, w: usize) -> Result<Self::Buf> {
         check_len("upsample input", self.len(x), planes * h * w)?;
         let n = 4 * planes * h * w;
-        let mut y = self.zeros(n)?;
+        let mut y = self.output(n)?;
         let mut args =
             [Arg::In(x), Arg::Out(&mut y), Arg::I64(planes as i64), Arg::I32(i32_of(h)), Arg::I32(i32_of(w))];
         self.launch(&ELEMENTWISE, "upsample2x_f32", launch::elementwise(n), &mut args)?;
@@ -380,7 +380,7 @@ pub trait DeviceOps: Executor {
     fn silu_backward(&self, x: &Self::Buf, d_y: &Self::Buf) -> Result<Self::Buf> {
         let n = self.len(x);
         check_len("silu gradient", self.len(d_y), n)?;
-        let mut d_x = self.zeros(n)?;
+        let mut d_x = self.output(n)?;
         let mut args = [Arg::In(x), Arg::In(d_y), Arg::Out(&mut d_x), Arg::I64(n as i64)];
         self.launch(&ELEMENTWISE, "silu_bwd_f32", launch::elementwise(n), &mut args)?;
         Ok(d_x)
@@ -389,7 +389,7 @@ pub trait DeviceOps: Executor {
     /// The gradient of [`DeviceOps::upsample2x`] for an input [planes, h, w].
     fn upsample2x_backward(&self, d_y: &Self::Buf, planes: usize, h: usize, w: usize) -> Result<Self::Buf> {
         check_len("upsample gradient", self.len(d_y), 4 * planes * h * w)?;
-        let mut d_x = self.zeros(planes * h * w)?;
+        let mut d_x = self.output(planes * h * w)?;
         let mut args =
             [Arg::In(d_y), Arg::Out(&mut d_x), Arg::I64(planes as i64), Arg::I32(i32_of(h)), Arg::I32(i32_of(w))];
         self.launch(&ELEMENTWISE, "upsample2x_bwd_f32", launch::elementwise(planes * h * w), &mut args)?;
@@ -399,7 +399,7 @@ pub trait DeviceOps: Executor {
     /// [`DeviceOps::concat2`] undone: cat [outer, ca + cb] into its two parts.
     fn split2(&self, cat: &Self::Buf, outer: usize, ca: usize, cb: usize) -> Result<(Self::Buf, Self::Buf)> {
         check_len("split input", self.len(cat), outer * (ca + cb))?;
-        let (mut a, mut b) = (self.zeros(outer * ca)?, self.zeros(outer * cb)?);
+        let (mut a, mut b) = (self.output(outer * ca)?, self.output(outer * cb)?);
         let mut args = [
             Arg::In(cat),
             Arg::Out(&mut a),
@@ -424,7 +424,7 @@ pub trait DeviceOps: Executor {
         let n = self.len(x0);
         check_len("q_sample noise", self.len(e), n)?;
         check_len("q_sample coefficients", self.len(abar).min(self.len(bbar)) * inner, n)?;
-        let mut x_t = self.zeros(n)?;
+        let mut x_t = self.output(n)?;
         let mut args = [
             Arg::In(x0),
             Arg::In(e),
@@ -442,7 +442,7 @@ pub trait DeviceOps: Executor {
     fn mse_grad(&self, pred: &Self::Buf, target: &Self::Buf, scale: f32) -> Result<(Self::Buf, Self::Buf)> {
         let n = self.len(pred);
         check_len("mse target", self.len(target), n)?;
-        let (mut grad, mut sq) = (self.zeros(n)?, self.zeros(n)?);
+        let (mut grad, mut sq) = (self.output(n)?, self.output(n)?);
         let mut args = [
             Arg::In(pred),
             Arg::In(target),
@@ -458,7 +458,7 @@ pub trait DeviceOps: Executor {
     /// The sums of each row of x [rows, inner].
     fn sum_inner(&self, x: &Self::Buf, rows: usize, inner: usize) -> Result<Self::Buf> {
         check_len("sum_inner input", self.len(x), rows * inner)?;
-        let mut out = self.zeros(rows)?;
+        let mut out = self.output(rows)?;
         let mut args = [Arg::In(x), Arg::Out(&mut out), Arg::I32(i32_of(inner))];
         self.launch(&NORM, "sum_inner_f32", launch::per_row(rows), &mut args)?;
         Ok(out)
@@ -480,13 +480,13 @@ pub trait DeviceOps: Executor {
     /// Clips the gradients `grads` to a global norm of `max_norm` lazily:
     /// returns [norm, factor] on the device, for [`DeviceOps::adam`] to apply.
     fn clip_coefficient(&self, grads: &[&Self::Buf], max_norm: f32) -> Result<Self::Buf> {
-        let mut sums = self.zeros(grads.len().max(1))?;
+        let mut sums = self.output(grads.len().max(1))?;
         for (i, g) in grads.iter().enumerate() {
             let n = self.len(g);
             let mut args = [Arg::In(*g), Arg::I64(n as i64), Arg::Out(&mut sums), Arg::I32(i32_of(i))];
             self.launch(&OPTIM, "sumsq_f32", launch::per_row(1), &mut args)?;
         }
-        let mut out = self.zeros(2)?;
+        let mut out = self.output(2)?;
         let mut args = [Arg::In(&sums), Arg::I32(i32_of(grads.len())), Arg::F32(max_norm), Arg::Out(&mut out)];
         self.launch(&OPTIM, "clip_coef_f32", launch::per_row(1), &mut args)?;
         Ok(out)
@@ -538,7 +538,7 @@ pub trait DeviceOps: Executor {
         if dim == 0 || self.len(table) % dim != 0 {
             return Err(invalid("gather_rows", format!("a table of {} numbers has no rows of {dim}", self.len(table))));
         }
-        let mut out = self.zeros(n * dim)?;
+        let mut out = self.output(n * dim)?;
         let mut args = [Arg::In(table), Arg::In(idx), Arg::Out(&mut out), Arg::I32(i32_of(n)), Arg::I32(i32_of(dim))];
         self.launch(&ELEMENTWISE, "gather_rows_f32", launch::elementwise(n * dim), &mut args)?;
         Ok(out)
@@ -548,7 +548,7 @@ pub trait DeviceOps: Executor {
     fn scatter_rows(&self, d_out: &Self::Buf, idx: &Self::Buf, rows: usize, dim: usize) -> Result<Self::Buf> {
         let n = self.len(idx);
         check_len("scatter_rows gradient", self.len(d_out), n * dim)?;
-        let mut d_table = self.zeros(rows * dim)?;
+        let mut d_table = self.output(rows * dim)?;
         let mut args = [
             Arg::In(d_out),
             Arg::In(idx),
@@ -565,7 +565,7 @@ pub trait DeviceOps: Executor {
     /// as `ddpm_nn::layers::dropout_mask`); its gradient is the same op on dy.
     fn dropout(&self, x: &Self::Buf, p: f32, seed: u64) -> Result<Self::Buf> {
         let n = self.len(x);
-        let mut y = self.zeros(n)?;
+        let mut y = self.output(n)?;
         let mut args = [Arg::In(x), Arg::Out(&mut y), Arg::I64(n as i64), Arg::F32(p), Arg::U64(seed)];
         self.launch(&ELEMENTWISE, "dropout_f32", launch::elementwise(n), &mut args)?;
         Ok(y)
@@ -581,7 +581,7 @@ pub trait DeviceOps: Executor {
     /// `len` standard normal numbers: draw `offset` of the Philox stream
     /// `seed`, the same numbers as `ddpm_tensor::philox::normal` on the CPU.
     fn randn(&self, len: usize, seed: u64, offset: u64) -> Result<Self::Buf> {
-        let mut out = self.zeros(len)?;
+        let mut out = self.output(len)?;
         let mut args = [Arg::Out(&mut out), Arg::U64(len as u64), Arg::U64(seed), Arg::U64(offset)];
         self.launch(&SAMPLING, "randn_f32", launch::elementwise(len), &mut args)?;
         Ok(out)

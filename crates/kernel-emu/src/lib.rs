@@ -241,6 +241,10 @@ impl Executor for Emu {
         Ok(vec![0.0; len])
     }
 
+    fn output(&self, len: usize) -> ddpm_cuda::Result<Vec<f32>> {
+        Ok(vec![f32::NAN; len])
+    }
+
     fn upload(&self, host: &[f32]) -> ddpm_cuda::Result<Vec<f32>> {
         Ok(host.to_vec())
     }
