@@ -1,9 +1,12 @@
 //! Where a tensor's numbers live.
 //!
-//! The CPU is the only device built so far. The CUDA backend adds a
-//! `Storage::Cuda` variant holding a device buffer; every kernel dispatches on
-//! the storage, so code above the tensor crate never needs to know which one it
-//! holds.
+//! A `Tensor` always lives on the host. The GPU side keeps its own buffers
+//! (`ddpm_cuda::Executor::Buf`) in the structures that run there as a whole
+//! (`ddpm::device::DeviceUNet`, `ddpm::device_train::DeviceTrainer`), the way
+//! llm.c does: a forward pass, a backward pass and an optimiser step written
+//! out for the device, rather than every tensor op dispatching on its
+//! storage. Tensors cross to the device only as a step's inputs, and back as
+//! its results or a state to save.
 
 /// A compute device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,8 +5,8 @@
 //!   derived from the shape, so `permute` and `transpose` copy. At U-Net sizes
 //!   the copy costs far less than the convolutions around it, and every kernel
 //!   stays a plain loop over a slice.
-//! - A tensor's storage lives on a [`Device`]. The CPU is the only device built
-//!   so far; [`Storage`] is the enum that a CUDA buffer will join.
+//! - A tensor's storage lives on the host ([`Device::Cpu`]); the GPU side
+//!   (crates/cuda, crates/ddpm/src/device.rs) keeps its own buffers.
 //! - Every fast kernel keeps a naive `*_reference` beside it (the spec), and the
 //!   tests compare the two.
 //! - Shape errors are values ([`TensorError`]), never panics.
