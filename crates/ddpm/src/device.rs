@@ -362,7 +362,6 @@ impl<'m, E: DeviceOps> DeviceUNet<'m, E> {
                 Block::Down(_) => unreachable!("no downsampling on the way up"),
             };
         }
-        drop(hs);
         let out = self.norm(e, tape, &m.out_norm, &h, n, true)?;
         let out = self.conv(e, tape, &m.out_conv, &out, n)?;
         let id = out.id;
