@@ -1,8 +1,5 @@
 //! `cargo xtask <job>`: the project's main jobs, run in release mode through
 //! the alias in `.cargo/config.toml`.
-//!
-//! A job that is not built yet says so and exits non-zero, naming the issue
-//! that brings it; none pretends.
 
 use std::process::ExitCode;
 
