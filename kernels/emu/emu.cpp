@@ -6,9 +6,10 @@
 // the block has reached the barrier (or finished) they all go on. A switch
 // costs tens of nanoseconds (_setjmp/_longjmp; each fiber's stack is set up
 // once per block with makecontext), where a barrier of 256 OS threads cost
-// milliseconds. Fibers run in order 0, 1, ..., so code that is wrong on a
-// GPU only because of an ordering race may pass here: the emulation checks
-// indexing, tiling and barrier placement, not memory races.
+// milliseconds. Fibers run in order 0, 1, ... in even blocks and in reverse
+// in odd ones; races other than a missing barrier (two threads writing one
+// word, say) are not found: the emulation checks indexing, tiling and
+// barrier placement.
 #undef _FORTIFY_SOURCE  // longjmp between fiber stacks is deliberate here
 #include "cuda_emu.h"
 
@@ -58,8 +59,10 @@ void fiber_main() {
 }
 
 // Runs the block's fibers round-robin until all are done; each round takes
-// every fiber that is not done up to its next barrier.
-void run_block(Block& b, dim3 block) {
+// every fiber that is not done up to its next barrier. Odd blocks take the
+// fibers in reverse order, so that a missing barrier shows whichever way a
+// race goes (a thread reading what a lower or a higher thread writes).
+void run_block(Block& b, dim3 block, bool reverse) {
     unsigned int threads = b.count;
     for (unsigned int t = 0; t < threads; ++t) {
         b.fibers[t].started = false;
@@ -67,7 +70,8 @@ void run_block(Block& b, dim3 block) {
     }
     for (;;) {
         bool any = false;
-        for (unsigned int t = 0; t < threads; ++t) {
+        for (unsigned int i = 0; i < threads; ++i) {
+            unsigned int t = reverse ? threads - 1 - i : i;
             Fiber& f = b.fibers[t];
             if (f.done) continue;
             any = true;
@@ -121,7 +125,7 @@ extern "C" void emu_launch(dim3 grid, dim3 block, void (*body)(void*), void* ctx
         for (unsigned int by = 0; by < grid.y; ++by) {
             for (unsigned int bx = 0; bx < grid.x; ++bx) {
                 emu::block_idx = uint3{bx, by, bz};
-                run_block(b, block);
+                run_block(b, block, (bx + by + bz) % 2 == 1);
             }
         }
     }
