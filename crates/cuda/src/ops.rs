@@ -98,6 +98,16 @@ pub enum Update {
     Ddim { ab: f64, ab_prev: f64, sigma: f64, dir: f64 },
 }
 
+impl Update {
+    /// The scale of the fresh noise the step adds (0: none).
+    pub fn sigma(&self) -> f64 {
+        match *self {
+            Update::Ddpm { sigma, .. } => sigma as f64,
+            Update::Ddim { sigma, .. } => sigma,
+        }
+    }
+}
+
 /// One sampling step: the update, the guidance weight (None: eps holds only
 /// the conditional estimate) and where its noise comes from (Philox stream
 /// `seed`, draw `offset`).

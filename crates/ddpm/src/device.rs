@@ -18,7 +18,7 @@ use ddpm_nn::layers::{timestep_embedding, Conv2d, GroupNorm, Linear};
 use ddpm_nn::unet::{AttnBlock, Block, ResBlock};
 use ddpm_nn::{Module, UNet};
 
-use crate::sampler::{self, ddim_update, ddpm_update, Conditioning, Method};
+use crate::sampler::{self, Conditioning, Method};
 use crate::Schedule;
 
 pub(crate) fn device_error(e: CudaError) -> TensorError {
@@ -691,8 +691,7 @@ pub fn run_on_device<E: DeviceOps>(
     let ts = method.timesteps(schedule);
     let mut x = e.upload(x_t.as_slice()).map_err(device_error)?;
     let guided = cond.labels.filter(|_| cond.guidance != 0.0);
-    let labels: Option<Vec<usize>> =
-        guided.map(|y| y.iter().copied().chain(std::iter::repeat_n(model.model().num_classes, n)).collect());
+    let labels = guided.map(|y| sampler::guided_labels(y, model.model().num_classes));
     for (i, &t) in ts.iter().enumerate() {
         let eps = match &labels {
             // Both estimates in one pass over [x; x] with labels [y; null].
@@ -702,12 +701,8 @@ pub fn run_on_device<E: DeviceOps>(
             }
             None => model.forward(e, &x, n, &vec![t; n], cond.labels)?,
         };
-        let update = match method {
-            Method::Ddpm => ddpm_update(schedule, t),
-            Method::Ddim { eta, .. } => ddim_update(schedule, t, ts.get(i + 1).copied(), eta),
-            Method::Lecture => {
-                return Err(TensorError::invalid("sample", "the lecture's formula runs on the CPU only"))
-            }
+        let Some(update) = method.update(schedule, &ts, i) else {
+            return Err(TensorError::invalid("sample", "the lecture's formula runs on the CPU only"));
         };
         let step = Step { update, guidance: guided.map(|_| cond.guidance), seed: noise, offset: i as u64 };
         e.sampling_step(&mut x, &eps, &step).map_err(device_error)?;

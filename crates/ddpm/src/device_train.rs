@@ -12,7 +12,7 @@
 
 use ddpm_autograd::{Result, Tensor, TensorError, Var};
 use ddpm_cuda::{AdamStep, DeviceOps};
-use ddpm_nn::optim::AdamConfig;
+use ddpm_nn::optim::{ema_decay, AdamConfig};
 use ddpm_nn::{Module, UNet};
 
 use crate::device::{device_error, DeviceUNet};
@@ -88,20 +88,11 @@ impl<E: DeviceOps> DeviceTrainer<E> {
             .map(|v| grads.remove(&v.id()).expect("every parameter of the U-Net gets a gradient"))
             .collect();
 
-        // Clipping, Adam (its scalars in f64 as on the CPU), then the EMA.
+        // Clipping, Adam (its scalars computed as on the CPU), then the EMA.
         let clip = e.clip_coefficient(&grads.iter().collect::<Vec<_>>(), self.clip)?;
         self.adam_steps += 1;
-        let t = self.adam_steps as f64;
-        let AdamConfig { beta1, beta2, eps: adam_eps, .. } = self.adam;
-        let s = AdamStep {
-            step_size: (lr as f64 / (1.0 - (beta1 as f64).powf(t))) as f32,
-            beta1,
-            beta2,
-            bias_correction2_sqrt: (1.0 - (beta2 as f64).powf(t)).sqrt() as f32,
-            eps: adam_eps,
-        };
-        let updates = self.ema_updates as f64;
-        let decay = (self.ema_decay as f64).min((1.0 + updates) / (10.0 + updates)) as f32;
+        let s = adam_step(&AdamConfig { lr, ..self.adam }, self.adam_steps);
+        let decay = ema_decay(self.ema_decay, self.ema_updates);
         for (i, var) in self.vars.iter().enumerate() {
             let p = self.net.param_mut(var);
             e.adam(p, &grads[i], &mut self.m[i], &mut self.v[i], &clip, &s)?;
@@ -135,6 +126,13 @@ impl<E: DeviceOps> DeviceTrainer<E> {
             ema_updates: self.ema_updates,
         })
     }
+}
+
+/// The scalars of Adam's step `t` (1-based) for the device, the same numbers
+/// `ddpm_nn::optim::Adam::step` uses on the CPU.
+pub fn adam_step(config: &AdamConfig, t: u64) -> AdamStep {
+    let (step_size, bias_correction2_sqrt) = config.bias_corrections(t);
+    AdamStep { step_size, beta1: config.beta1, beta2: config.beta2, bias_correction2_sqrt, eps: config.eps }
 }
 
 impl Trainer {

@@ -113,6 +113,12 @@ impl Conditioning<'_> {
     pub const UNCONDITIONAL: Conditioning<'static> = Conditioning { labels: None, guidance: 0.0 };
 }
 
+/// The labels of a guided pass over [x; x]: `y`, then the null class
+/// `null` once per image.
+pub fn guided_labels(y: &[usize], null: usize) -> Vec<usize> {
+    y.iter().copied().chain(std::iter::repeat_n(null, y.len())).collect()
+}
+
 /// The network's noise estimate at x_t, with classifier-free guidance when
 /// asked for: both predictions come from one forward pass over [x; x] with
 /// labels [y; null].
@@ -121,7 +127,7 @@ pub fn predict_noise(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -> 
     no_grad(|| match cond.labels {
         Some(y) if cond.guidance != 0.0 => {
             let both = Tensor::concat(&[x, x], 0)?;
-            let labels: Vec<usize> = y.iter().copied().chain(std::iter::repeat_n(model.num_classes, n)).collect();
+            let labels = guided_labels(y, model.num_classes);
             let eps = model.forward(&Var::constant(both), &vec![t; 2 * n], Some(&labels), &mut Mode::Eval)?.value();
             let (with, without) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
             let w = cond.guidance;
@@ -164,6 +170,16 @@ impl Method {
         }
     }
 
+    /// The update of step i of the loop over `ts` (this method's
+    /// timesteps); `None` for the lecture's formula, which is not one.
+    pub fn update(&self, schedule: &Schedule, ts: &[usize], i: usize) -> Option<Update> {
+        match *self {
+            Method::Ddpm => Some(ddpm_update(schedule, ts[i])),
+            Method::Ddim { eta, .. } => Some(ddim_update(schedule, ts[i], ts.get(i + 1).copied(), eta)),
+            Method::Lecture => None,
+        }
+    }
+
     /// Network evaluations per image (twice that with guidance).
     pub fn num_steps(&self, schedule: &Schedule) -> usize {
         self.timesteps(schedule).len()
@@ -203,14 +219,18 @@ pub fn run(
     let mut x = x_t.clone();
     for (i, &t) in ts.iter().enumerate() {
         let eps = predict_noise(model, &x, t, cond)?;
-        let z = || Tensor::randn_philox(x.shape().clone(), noise, i as u64);
-        x = match method {
-            Method::Ddpm => ddpm_step(schedule, &x, t, &eps, &z())?,
-            Method::Ddim { eta, .. } => {
-                let z = if eta > 0.0 { z() } else { x.zeros_like() };
-                ddim_step(schedule, &x, t, ts.get(i + 1).copied(), &eps, &z, eta)?
+        x = match method.update(schedule, &ts, i) {
+            Some(update) => {
+                // Fresh noise only where the step adds some (not at DDPM's last
+                // step, nor in DDIM at eta 0): it would be multiplied by 0.
+                let z = if update.sigma() != 0.0 {
+                    Tensor::randn_philox(x.shape().clone(), noise, i as u64)
+                } else {
+                    x.zeros_like()
+                };
+                apply_update(&update, &x, &eps, &z)?
             }
-            Method::Lecture => lecture_step(schedule, &x, t, &eps)?,
+            None => lecture_step(schedule, &x, t, &eps)?,
         };
         observe(i, t, &x);
     }

@@ -346,8 +346,8 @@ fn the_training_steps_pointwise_kernels_follow_their_definitions() {
 
 #[test]
 fn clipping_adam_and_the_ema_match_the_cpu_optimiser() {
+    use ddpm::device_train::adam_step;
     use ddpm_autograd::{Gradients, Var};
-    use ddpm_cuda::AdamStep;
     use ddpm_nn::optim::{clip_grad_norm, Adam, AdamConfig, Ema};
     let shapes = [vec![7, 5], vec![300]];
     let params: Vec<Var> = shapes
@@ -384,14 +384,7 @@ fn clipping_adam_and_the_ema_match_the_cpu_optimiser() {
         // Device: the same three.
         let clip = Emu.clip_coefficient(&g_dev.iter().collect::<Vec<_>>(), 1.0).unwrap();
         assert!((clip[0] - norm).abs() < 1e-4 * norm, "norm {} against {norm}", clip[0]);
-        let c = AdamConfig::default();
-        let s = AdamStep {
-            step_size: (c.lr as f64 / (1.0 - (c.beta1 as f64).powf(step as f64))) as f32,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            bias_correction2_sqrt: (1.0 - (c.beta2 as f64).powf(step as f64)).sqrt() as f32,
-            eps: c.eps,
-        };
+        let s = adam_step(&AdamConfig::default(), step);
         for i in 0..params.len() {
             Emu.adam(&mut p_dev[i], &g_dev[i], &mut m_dev[i], &mut v_dev[i], &clip, &s).unwrap();
             Emu.ema(&mut ema_dev[i], &p_dev[i], 1.0 - d).unwrap();

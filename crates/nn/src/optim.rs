@@ -22,6 +22,21 @@ pub struct AdamConfig {
     pub eps: f32,
 }
 
+impl AdamConfig {
+    /// The scalars of step t (1-based), in f64 as PyTorch computes them (in
+    /// Python floats): (lr / (1 - b1^t), sqrt(1 - b2^t)). The moments start
+    /// at zero, so early on they underestimate the true moments by exactly
+    /// these factors: dividing the step by 1 - b1^t gives mhat_t = m_t / (1 -
+    /// b1^t) for free, and sqrt(vhat_t) = sqrt(v_t) / sqrt(1 - b2^t). The
+    /// device's Adam (`ddpm::device_train`) takes the same two numbers.
+    pub fn bias_corrections(&self, t: u64) -> (f32, f32) {
+        let t = t as f64;
+        let bias_correction1 = 1.0 - (self.beta1 as f64).powf(t);
+        let bias_correction2 = 1.0 - (self.beta2 as f64).powf(t);
+        ((self.lr as f64 / bias_correction1) as f32, bias_correction2.sqrt() as f32)
+    }
+}
+
 impl Default for AdamConfig {
     /// The paper's (and PyTorch's) defaults.
     fn default() -> Self {
@@ -118,20 +133,10 @@ impl Adam {
             }
         }
 
-        let AdamConfig { lr, beta1: b1, beta2: b2, eps } = self.config;
+        let AdamConfig { beta1: b1, beta2: b2, eps, .. } = self.config;
         // t <- t + 1
         self.step_count += 1;
-        // The bias corrections, in f64 as PyTorch computes them (in Python
-        // floats): 1 - b1^t and 1 - b2^t. The moments start at zero, so early
-        // on they underestimate the true moments by exactly these factors.
-        let t = self.step_count as f64;
-        let bias_correction1 = 1.0 - (b1 as f64).powf(t);
-        let bias_correction2 = 1.0 - (b2 as f64).powf(t);
-        // alpha / (1 - b1^t): dividing the step instead of m gives
-        // mhat_t = m_t / (1 - b1^t) for free.
-        let step_size = (lr as f64 / bias_correction1) as f32;
-        // sqrt(1 - b2^t): sqrt(vhat_t) = sqrt(v_t) / sqrt(1 - b2^t).
-        let bias_correction2_sqrt = bias_correction2.sqrt() as f32;
+        let (step_size, bias_correction2_sqrt) = self.config.bias_corrections(self.step_count);
 
         for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
             let Some(g) = grads.get(p) else { continue };
@@ -193,6 +198,13 @@ pub fn clip_grad_norm(params: &[Var], grads: &mut Gradients, max_norm: f32) -> f
     total_norm
 }
 
+/// The EMA's decay after `updates` updates: min(decay, (1 + n) / (10 + n)),
+/// a warm-up that lets the first averages follow the weights closely.
+pub fn ema_decay(decay: f32, updates: u64) -> f32 {
+    let n = updates as f64;
+    (decay as f64).min((1.0 + n) / (10.0 + n)) as f32
+}
+
 /// An exponential moving average of the weights, the model DDPM samples with
 /// (Ho et al. 2020 use decay 0.9999): the raw weights jitter from
 /// step to step with the noise of the gradient, their average does not.
@@ -241,8 +253,7 @@ impl Ema {
 
     /// The decay the next update will use: min(decay, (1 + n) / (10 + n)).
     pub fn current_decay(&self) -> f32 {
-        let n = self.num_updates as f64;
-        (self.decay as f64).min((1.0 + n) / (10.0 + n)) as f32
+        ema_decay(self.decay, self.num_updates)
     }
 
     /// Averages the current weights in: shadow <- d shadow + (1 - d) theta.
