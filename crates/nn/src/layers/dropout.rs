@@ -32,8 +32,7 @@ pub fn dropout(x: &Var, p: f32, mode: &mut Mode) -> Result<Var> {
 pub fn dropout_mask(seed: u64, p: f32, len: usize) -> Vec<f32> {
     let keep = 1.0 / (1.0 - p);
     let mut mask = ddpm_tensor::pool::take(len);
-    mask.iter_mut()
-        .enumerate()
-        .for_each(|(i, m)| *m = if ddpm_tensor::philox::uniform(seed, 0, i as u64) < p { 0.0 } else { keep });
+    ddpm_tensor::philox::uniforms(seed, 0, 0, &mut mask);
+    mask.iter_mut().for_each(|m| *m = if *m < p { 0.0 } else { keep });
     mask
 }
