@@ -458,7 +458,7 @@ mod tests {
     /// A hand-built file: v1.0 preamble, the given dict padded to 64, then `data`.
     fn build(dict: &str, data: &[u8]) -> Vec<u8> {
         let mut header = dict.to_string();
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

@@ -234,7 +234,7 @@ pub fn draw_from(
         let cond = Conditioning { labels: chunk_labels, guidance: settings.guidance };
         let noise = chunk_noise(seed, c);
         let mut chunk_frames = vec![x.clone()];
-        let wanted = |i: usize| frames.is_some() && ((i + 1) % every == 0 || i + 1 == steps);
+        let wanted = |i: usize| frames.is_some() && ((i + 1).is_multiple_of(every) || i + 1 == steps);
         let end = match &on_gpu {
             None => sampler::run(model, schedule, &x, settings.method, cond, noise, &mut |i, _, x| {
                 bar.inc(1);

@@ -76,7 +76,7 @@ impl NormShape {
     }
 
     fn check(&self, x: usize, gamma: usize, beta: usize) -> Result<()> {
-        if self.groups == 0 || self.c % self.groups != 0 {
+        if self.groups == 0 || !self.c.is_multiple_of(self.groups) {
             return Err(invalid(
                 "group norm",
                 format!("{} channels cannot be cut into {} groups", self.c, self.groups),

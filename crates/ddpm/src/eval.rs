@@ -370,7 +370,7 @@ impl Gaussian {
     /// The sample mean and covariance of n points, given as [n, d] row-major:
     /// mu = (1/n) sum_i x_i, S = (1/(n-1)) sum_i (x_i - mu)(x_i - mu)^T.
     pub fn fit(points: &[f32], d: usize) -> Result<Gaussian, EvalError> {
-        if d == 0 || points.len() % d != 0 || points.len() / d < 2 {
+        if d == 0 || !points.len().is_multiple_of(d) || points.len() / d < 2 {
             let msg = format!("a Gaussian needs at least 2 points of dimension {d}, got {} values", points.len());
             return Err(EvalError::Invalid(msg));
         }

@@ -25,6 +25,10 @@
 //! A 1x1 convolution with stride 1 and no padding needs no im2col: its cols would be
 //! x_n viewed as [C, H*W], so the GEMMs read the tensors directly.
 //!
+//! On CPUs with AVX-512, the U-Net's 3x3 "same" convolutions skip im2col and
+//! the GEMM altogether: see `conv2d_direct.rs`, whose micro-kernels read the
+//! input where it lies. The im2col path below serves every other shape and CPU.
+//!
 //! Parallelism: the batch is split into a few contiguous runs of samples, one rayon
 //! task each. A task allocates its cols buffer once and calls the single-threaded
 //! GEMM once per sample; the weight gradient is summed per task, then across tasks.
@@ -37,6 +41,34 @@ use super::lanes::sum_f32;
 use super::{sgemm, sgemm_parallel, Transpose};
 use crate::pool;
 use crate::{Result, Shape, Tensor, TensorError};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "conv2d_direct.rs"]
+mod direct;
+
+/// Elsewhere than x86-64 every convolution takes the im2col + GEMM path.
+#[cfg(not(target_arch = "x86_64"))]
+mod direct {
+    pub(super) struct Direct;
+
+    impl Direct {
+        pub(super) fn new(_: &super::Geometry) -> Option<Direct> {
+            None
+        }
+        pub(super) fn has_forward(_: &super::Geometry) -> bool {
+            false
+        }
+        pub(super) fn has_weight_grad(_: &super::Geometry) -> bool {
+            false
+        }
+        pub(super) fn forward(&self, _: &super::Geometry, _: &[f32], _: &[f32], _: Option<&[f32]>) -> Vec<f32> {
+            unreachable!("no direct convolution is made off x86-64")
+        }
+        pub(super) fn weight_grad(&self, _: &super::Geometry, _: &[f32], _: &[f32]) -> Vec<f32> {
+            unreachable!("no direct convolution is made off x86-64")
+        }
+    }
+}
 
 /// Stride and zero padding of a 2-D convolution (the same on both axes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -500,6 +532,9 @@ impl Tensor {
             check_bias("conv2d", b, g.k)?;
         }
         let (x, w, bias) = (self.as_slice(), weight.as_slice(), bias.map(Tensor::as_slice));
+        if let Some(direct) = direct::Direct::new(&g).filter(|_| direct::Direct::has_forward(&g)) {
+            return Ok(Tensor::from_parts(direct.forward(&g, x, w, bias), g.output_shape()));
+        }
         // Every element is written: by the bias fill and GEMM, or by the side-by-side split.
         let mut y = pool::take(g.n * g.output_len());
         if y.is_empty() {
@@ -604,6 +639,9 @@ pub fn conv2d_backward_weight(input: &Tensor, d_out: &Tensor, weight_shape: &Sha
     let g = Geometry::new(op, input.shape(), weight_shape, p)?;
     g.check_d_out(op, d_out)?;
     let (x, d_y) = (input.as_slice(), d_out.as_slice());
+    if let Some(direct) = direct::Direct::new(&g).filter(|_| direct::Direct::has_weight_grad(&g)) {
+        return Ok(Tensor::from_parts(direct.weight_grad(&g, x, d_y), weight_shape.clone()));
+    }
     let weight_len = weight_shape.numel();
     let plan = Plan::new(&g);
     // Each run sums its own samples into a private d_weight (the GEMM's beta = 1
@@ -837,6 +875,45 @@ mod tests {
         for (i, case) in cases.into_iter().enumerate() {
             check_against_reference(case, 100 + i as u64);
         }
+    }
+
+    /// Shapes for the direct 3x3 kernel: a sample per row (28x28), samples side
+    /// by side (14x14, 7x7) with a short last group, output channels in 1 to 3
+    /// tiles of 8, input channels in 1 to 5 vectors of 16 (whole and partial
+    /// tiles of 3 vectors), and one shape each side can't take (K = 12, C = 24).
+    const DIRECT_CASES: [Case; 6] = [
+        Case { n: 2, c: 16, k: 8, h: 28, w: 28, r: 3, s: 3, stride: 1, pad: 1, bias: true },
+        Case { n: 7, c: 32, k: 24, h: 14, w: 14, r: 3, s: 3, stride: 1, pad: 1, bias: false },
+        Case { n: 19, c: 48, k: 16, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: true },
+        Case { n: 3, c: 80, k: 8, h: 5, w: 6, r: 3, s: 3, stride: 1, pad: 1, bias: true },
+        Case { n: 3, c: 16, k: 12, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: true },
+        Case { n: 3, c: 24, k: 16, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: false },
+    ];
+
+    #[test]
+    fn the_direct_kernels_match_the_reference() {
+        for (i, case) in DIRECT_CASES.into_iter().enumerate() {
+            check_against_reference(case, 300 + i as u64);
+        }
+    }
+
+    /// The comparisons above test the direct kernels only where this CPU picks
+    /// them: on x86-64 with AVX-512 it must, for the shapes they can take.
+    #[test]
+    fn the_direct_kernels_are_used_where_they_apply() {
+        let avx512 = cfg!(target_arch = "x86_64") && std::arch::is_x86_feature_detected!("avx512f");
+        let forced_off = std::env::var_os("DDPM_CONV").is_some_and(|v| v == "gemm");
+        for case in DIRECT_CASES {
+            let input = Shape::new([case.n, case.c, case.h, case.w]);
+            let weight = Shape::new([case.k, case.c, case.r, case.s]);
+            let g = Geometry::new("test", &input, &weight, params(case.stride, case.pad)).unwrap();
+            let direct = direct::Direct::new(&g).is_some();
+            assert_eq!(direct, avx512 && !forced_off, "{case:?}");
+            assert_eq!(direct && direct::Direct::has_forward(&g), direct && case.k % 8 == 0, "{case:?}");
+            assert_eq!(direct && direct::Direct::has_weight_grad(&g), direct && case.k % 8 == 0 && case.c % 16 == 0);
+        }
+        let strided = Geometry::new("test", &Shape::new([2, 16, 8, 8]), &Shape::new([16, 16, 3, 3]), params(2, 1));
+        assert!(direct::Direct::new(&strided.unwrap()).is_none());
     }
 
     #[test]
