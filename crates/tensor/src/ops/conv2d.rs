@@ -55,9 +55,6 @@ mod direct {
         pub(super) fn new(_: &super::Geometry) -> Option<Direct> {
             None
         }
-        pub(super) fn has_forward(_: &super::Geometry) -> bool {
-            false
-        }
         pub(super) fn has_weight_grad(_: &super::Geometry) -> bool {
             false
         }
@@ -532,7 +529,7 @@ impl Tensor {
             check_bias("conv2d", b, g.k)?;
         }
         let (x, w, bias) = (self.as_slice(), weight.as_slice(), bias.map(Tensor::as_slice));
-        if let Some(direct) = direct::Direct::new(&g).filter(|_| direct::Direct::has_forward(&g)) {
+        if let Some(direct) = direct::Direct::new(&g) {
             return Ok(Tensor::from_parts(direct.forward(&g, x, w, bias), g.output_shape()));
         }
         // Every element is written: by the bias fill and GEMM, or by the side-by-side split.
@@ -577,7 +574,7 @@ pub fn conv2d_backward_input(d_out: &Tensor, weight: &Tensor, input_shape: &Shap
     let op = "conv2d_backward_input";
     let g = Geometry::new(op, input_shape, weight.shape(), p)?;
     g.check_d_out(op, d_out)?;
-    if g.stride == 1 && g.r == g.s && g.pad < g.r && !g.is_pointwise() {
+    if g.stride == 1 && g.r == g.s && g.pad < g.r {
         return transposed_as_convolution(&g, d_out, weight);
     }
     let (d_y, w) = (d_out.as_slice(), weight.as_slice());
@@ -877,17 +874,22 @@ mod tests {
         }
     }
 
-    /// Shapes for the direct 3x3 kernel: a sample per row (28x28), samples side
-    /// by side (14x14, 7x7) with a short last group, output channels in 1 to 3
-    /// tiles of 8, input channels in 1 to 5 vectors of 16 (whole and partial
-    /// tiles of 3 vectors), and one shape each side can't take (K = 12, C = 24).
-    const DIRECT_CASES: [Case; 6] = [
+    /// Shapes for the direct kernels: a sample per row (28x28), samples side by
+    /// side (14x14, 7x7) with a short last group, output channels in whole and
+    /// partial tiles of 8 (K = 12, and K = 1 as in the output convolution),
+    /// input channels in 1 to 5 vectors of 16 (whole and partial tiles of 3
+    /// vectors), 1x1 convolutions (forward only; their weight gradient is a
+    /// GEMM), and input channels the weight gradient can't take (C = 24).
+    const DIRECT_CASES: [Case; 9] = [
         Case { n: 2, c: 16, k: 8, h: 28, w: 28, r: 3, s: 3, stride: 1, pad: 1, bias: true },
         Case { n: 7, c: 32, k: 24, h: 14, w: 14, r: 3, s: 3, stride: 1, pad: 1, bias: false },
         Case { n: 19, c: 48, k: 16, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: true },
         Case { n: 3, c: 80, k: 8, h: 5, w: 6, r: 3, s: 3, stride: 1, pad: 1, bias: true },
         Case { n: 3, c: 16, k: 12, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: true },
         Case { n: 3, c: 24, k: 16, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: false },
+        Case { n: 2, c: 32, k: 1, h: 28, w: 28, r: 3, s: 3, stride: 1, pad: 1, bias: true },
+        Case { n: 5, c: 32, k: 96, h: 7, w: 7, r: 1, s: 1, stride: 1, pad: 0, bias: true },
+        Case { n: 2, c: 48, k: 20, h: 14, w: 14, r: 1, s: 1, stride: 1, pad: 0, bias: false },
     ];
 
     #[test]
@@ -909,11 +911,17 @@ mod tests {
             let g = Geometry::new("test", &input, &weight, params(case.stride, case.pad)).unwrap();
             let direct = direct::Direct::new(&g).is_some();
             assert_eq!(direct, avx512 && !forced_off, "{case:?}");
-            assert_eq!(direct && direct::Direct::has_forward(&g), direct && case.k % 8 == 0, "{case:?}");
-            assert_eq!(direct && direct::Direct::has_weight_grad(&g), direct && case.k % 8 == 0 && case.c % 16 == 0);
+            assert_eq!(
+                direct && direct::Direct::has_weight_grad(&g),
+                direct && case.c % 16 == 0 && case.r == 3,
+                "{case:?}"
+            );
         }
-        let strided = Geometry::new("test", &Shape::new([2, 16, 8, 8]), &Shape::new([16, 16, 3, 3]), params(2, 1));
-        assert!(direct::Direct::new(&strided.unwrap()).is_none());
+        let other = |r: usize, stride: usize, pad: usize| {
+            let g = Geometry::new("test", &Shape::new([2, 16, 8, 8]), &Shape::new([16, 16, r, r]), params(stride, pad));
+            direct::Direct::new(&g.unwrap()).is_none()
+        };
+        assert!(other(3, 2, 1) && other(3, 1, 0) && other(1, 1, 1) && other(5, 1, 2));
     }
 
     #[test]

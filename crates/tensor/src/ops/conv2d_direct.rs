@@ -1,5 +1,5 @@
-//! Direct 3x3 convolution on AVX-512: the U-Net's "same" convolutions (3x3,
-//! stride 1, padding 1) without im2col and without packing the input.
+//! Direct convolution on AVX-512: the U-Net's "same" convolutions (3x3 with
+//! padding 1, and 1x1; stride 1) without im2col and without packing the input.
 //!
 //! im2col + GEMM copies every input pixel nine times into cols, then the GEMM
 //! copies cols again into its packed panels, on every call. Here the input is
@@ -10,7 +10,8 @@
 //!
 //!   y[k, q] = bias[k] + sum_{tap} sum_c w[k, c, tap] * x[c, q + shift(tap)]
 //!
-//! except where the shifted position falls outside the image: in the padding
+//! (a 1x1 convolution has one tap, shift 0: a plain GEMM), except where the
+//! shifted position falls outside the image: in the padding
 //! above or below, or across the left or right edge into the neighbouring row.
 //! Those lanes are switched off with AVX-512's masked loads, which read nothing
 //! (and fault on nothing) where the mask is 0. [`Masks`] holds one 16-bit mask
@@ -21,9 +22,12 @@
 //! input channel it loads 3 vectors of x, broadcasts 8 weights and does 24
 //! fused multiply-adds: 11 loads feed 24 FMAs, so the two FMA units, not the
 //! loads, set the pace. The weights are packed once per call as [K/8][tap][C][8]
-//! so that those 8 broadcasts read consecutive floats.
+//! so that those 8 broadcasts read consecutive floats. K is padded up to a
+//! multiple of 8 with zero weights (the output convolution has K = 1), and the
+//! padding rows are never stored.
 //!
-//! The weight gradient is the same sum grouped by weight, one tap at a time:
+//! The weight gradient (of 3x3 kernels) is the same sum grouped by weight, one
+//! tap at a time:
 //!
 //!   d_w[k, c, tap] = sum_n sum_q d_y[n, k, q] * x[n, c, q + shift(tap)]
 //!
@@ -54,8 +58,6 @@ const LANES: usize = 16;
 const MR: usize = 8;
 /// Vectors of positions in a forward tile.
 const NV: usize = 3;
-/// Taps of a 3x3 kernel.
-const TAPS: usize = 9;
 /// A row of this many positions keeps a tile busy: samples with smaller planes
 /// are grouped side by side up to it (16 samples at 7x7, 4 at 14x14).
 const ROW_POSITIONS: usize = 784;
@@ -74,8 +76,8 @@ impl Avx512 {
     }
 }
 
-/// A convolution this module computes: 3x3, stride 1, padding 1, and output
-/// channels in whole tiles of 8 (for the forward pass), on an AVX-512 CPU.
+/// A convolution this module computes, on an AVX-512 CPU: stride 1, and 3x3
+/// with padding 1 or 1x1 without.
 pub(super) struct Direct {
     isa: Avx512,
     /// Samples laid side by side in one row, so that a row has about [`ROW_POSITIONS`].
@@ -90,8 +92,8 @@ impl Direct {
         if *GEMM_ONLY.get_or_init(|| std::env::var_os("DDPM_CONV").is_some_and(|v| v == "gemm")) {
             return None;
         }
-        let same_3x3 = g.r == 3 && g.s == 3 && g.stride == 1 && g.pad == 1;
-        if !same_3x3 || g.n == 0 || g.c == 0 || g.h * g.w == 0 {
+        let same = g.stride == 1 && g.r == g.s && (g.r == 1 || g.r == 3) && g.pad == g.r / 2;
+        if !same || g.n == 0 || g.c == 0 || g.h * g.w == 0 {
             return None;
         }
         let isa = Avx512::detect()?;
@@ -99,14 +101,8 @@ impl Direct {
         Some(Direct { isa, group })
     }
 
-    /// Whether the forward pass can run here: output channels in whole tiles.
-    pub(super) fn has_forward(g: &Geometry) -> bool {
-        g.k.is_multiple_of(MR)
-    }
-
-    /// y = conv2d(x, w) + bias, [N, K, H, W]. Needs [`Direct::has_forward`].
+    /// y = conv2d(x, w) + bias, [N, K, H, W].
     pub(super) fn forward(&self, g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
-        assert!(Self::has_forward(g), "conv2d direct forward: K = {} is not a multiple of {MR}", g.k);
         let plane = g.h * g.w;
         let packed = pack_forward_weights(g, w);
         let mut y = pool::take(g.n * g.output_len());
@@ -137,18 +133,21 @@ impl Direct {
         y
     }
 
-    /// Whether the weight gradient can run here: output channels in whole tiles
-    /// of 8 and input channels in whole vectors of 16.
+    /// Whether the weight gradient can run here: a 3x3 kernel, and input
+    /// channels in whole vectors of 16. (For a 1x1 kernel the channels-last copy
+    /// costs more, against 9 times less arithmetic, than im2col-free GEMM: with it
+    /// the U-Net's 1x1 weight gradients took 20 ms a step, without 19.)
     pub(super) fn has_weight_grad(g: &Geometry) -> bool {
-        g.k.is_multiple_of(MR) && g.c.is_multiple_of(LANES)
+        g.r == 3 && g.c.is_multiple_of(LANES)
     }
 
-    /// d_w [K, C, 3, 3] = sum over the batch of d_y (x) x, the weight gradient.
+    /// d_w [K, C, R, S] = sum over the batch of d_y (x) x, the weight gradient.
     /// Needs [`Direct::has_weight_grad`].
     pub(super) fn weight_grad(&self, g: &Geometry, x: &[f32], d_y: &[f32]) -> Vec<f32> {
-        assert!(Self::has_weight_grad(g), "conv2d direct weight gradient: K = {}, C = {}", g.k, g.c);
+        assert!(Self::has_weight_grad(g), "conv2d direct weight gradient: C = {} is not a multiple of {LANES}", g.c);
         let plane = g.h * g.w;
-        let weight_len = g.k * g.c * TAPS;
+        let taps = g.r * g.s;
+        let weight_len = g.k * g.c * taps;
         let plan = Plan::new(g);
         let partials = plan.map_runs(|run| {
             // Summed as [tap][K][C]: a tile's 16 input channels are one vector.
@@ -181,7 +180,7 @@ impl Direct {
         let mut d_w = pool::take(weight_len);
         for (tap, kc) in by_tap.chunks_exact(g.k * g.c).enumerate() {
             for (i, &v) in kc.iter().enumerate() {
-                d_w[i * TAPS + tap] = v;
+                d_w[i * taps + tap] = v;
             }
         }
         pool::give(by_tap);
@@ -205,16 +204,24 @@ fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     }
 }
 
+/// K rounded up to whole forward tiles.
+fn padded_k(g: &Geometry) -> usize {
+    g.k.next_multiple_of(MR)
+}
+
 /// The weights as the forward micro-kernel reads them: [K/8][tap][C][8], where
-/// w is [K, C, 3, 3], so that a tile's 8 weights for one (tap, c) are adjacent.
+/// w is [K, C, R, S], so that a tile's 8 weights for one (tap, c) are adjacent;
+/// rows past K are 0.
 fn pack_forward_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
-    let mut packed = pool::take(g.k * g.c * TAPS);
+    let taps = g.r * g.s;
+    let mut packed = pool::take(padded_k(g) * g.c * taps);
     let mut out = packed.iter_mut();
     for k0 in (0..g.k).step_by(MR) {
-        for tap in 0..TAPS {
+        for tap in 0..taps {
             for c in 0..g.c {
                 for k in k0..k0 + MR {
-                    *out.next().expect("packed has K*C*9 floats") = w[(k * g.c + c) * TAPS + tap];
+                    let weight = if k < g.k { w[(k * g.c + c) * taps + tap] } else { 0.0 };
+                    *out.next().expect("packed has K/8 tiles of C*R*S*8 floats") = weight;
                 }
             }
         }
@@ -224,32 +231,35 @@ fn pack_forward_weights(g: &Geometry, w: &[f32]) -> Vec<f32> {
 
 /// For a row of `len` positions (whole samples of H*W, side by side), which
 /// lanes of each vector of 16 positions read inside their own sample through
-/// each tap: bit i of `bits[v * 9 + tap]` is position 16v + i.
+/// each of the R*S taps: bit i of `bits[v * taps + tap]` is position 16v + i.
 struct Masks {
     len: usize,
+    taps: usize,
     bits: Vec<u16>,
-    /// The flat offset of each tap: (r - 1) * W + (s - 1).
-    shifts: [isize; TAPS],
+    /// The flat offset of each tap: (r - P) * W + (s - P).
+    shifts: Vec<isize>,
 }
 
 impl Masks {
     fn new(g: &Geometry, len: usize) -> Masks {
         let (h, w) = (g.h as isize, g.w as isize);
         let plane = g.h * g.w;
-        let vectors = len.div_ceil(LANES);
-        let mut bits = vec![0u16; vectors * TAPS];
+        let taps = g.r * g.s;
+        let offsets: Vec<(isize, isize)> = (0..taps)
+            .map(|tap| ((tap / g.s) as isize - g.pad as isize, (tap % g.s) as isize - g.pad as isize))
+            .collect();
+        let mut bits = vec![0u16; len.div_ceil(LANES) * taps];
         for f in 0..len {
             let q = f % plane;
             let (oy, ox) = ((q / g.w) as isize, (q % g.w) as isize);
-            for tap in 0..TAPS {
-                let (dy, dx) = ((tap / 3) as isize - 1, (tap % 3) as isize - 1);
+            for (tap, &(dy, dx)) in offsets.iter().enumerate() {
                 if (0..h).contains(&(oy + dy)) && (0..w).contains(&(ox + dx)) {
-                    bits[(f / LANES) * TAPS + tap] |= 1 << (f % LANES);
+                    bits[(f / LANES) * taps + tap] |= 1 << (f % LANES);
                 }
             }
         }
-        let shifts = std::array::from_fn(|tap| ((tap / 3) as isize - 1) * w + (tap % 3) as isize - 1);
-        Masks { len, bits, shifts }
+        let shifts = offsets.iter().map(|&(dy, dx)| dy * w + dx).collect();
+        Masks { len, taps, bits, shifts }
     }
 
     fn vectors(&self) -> usize {
@@ -295,52 +305,61 @@ fn forward_row(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
-    assert!(masks.len == len && x.len() == g.c * len && y.len() == g.k * len && packed.len() == g.k * g.c * TAPS);
+    let taps = masks.taps;
+    assert!(taps == g.r * g.s && masks.len == len && x.len() == g.c * len && y.len() == g.k * len);
+    assert!(packed.len() == padded_k(g) * g.c * taps);
     let _ = isa;
     let vectors = masks.vectors();
     for k0 in (0..g.k).step_by(MR) {
-        let b: [f32; MR] = std::array::from_fn(|i| bias.map_or(0.0, |b| b[k0 + i]));
-        let w_tile = &packed[k0 * g.c * TAPS..(k0 + MR) * g.c * TAPS];
-        let y_tile = &mut y[k0 * len..(k0 + MR) * len];
+        let rows = MR.min(g.k - k0);
+        let b: [f32; MR] = std::array::from_fn(|i| bias.filter(|_| i < rows).map_or(0.0, |b| b[k0 + i]));
+        let w_tile = packed[k0 * g.c * taps..(k0 + MR) * g.c * taps].as_ptr();
+        let y_tile = y[k0 * len..(k0 + rows) * len].as_mut_ptr();
+        let tile = Tile { x: x.as_ptr(), len, c: g.c, w: w_tile, masks, y: y_tile, rows, bias: &b };
         let mut v0 = 0;
         // SAFETY: isa proves AVX-512F. The kernel reads x only in lanes whose mask
         // bit is set, which are positions inside x's row (the masks were built for
         // `len`) and shifted sources inside the same sample's plane, so inside x;
-        // it writes y_tile only in lanes below `len` of its rows; w_tile holds
-        // [tap][C][8]. The assert above checked all three lengths.
+        // it writes `rows` rows of y_tile, only in lanes below `len`; w_tile holds
+        // [tap][C][8]. The asserts above checked all three lengths.
         unsafe {
             while v0 + NV <= vectors {
-                forward_tile::<NV>(x.as_ptr(), len, g.c, w_tile.as_ptr(), masks, v0, y_tile.as_mut_ptr(), &b);
+                forward_tile::<NV>(&tile, v0);
                 v0 += NV;
             }
             match vectors - v0 {
                 0 => {}
-                1 => forward_tile::<1>(x.as_ptr(), len, g.c, w_tile.as_ptr(), masks, v0, y_tile.as_mut_ptr(), &b),
-                _ => forward_tile::<2>(x.as_ptr(), len, g.c, w_tile.as_ptr(), masks, v0, y_tile.as_mut_ptr(), &b),
+                1 => forward_tile::<1>(&tile, v0),
+                _ => forward_tile::<2>(&tile, v0),
             }
         }
     }
 }
 
-/// One forward tile: MR output channels (rows of y, `len` apart) x V vectors of
-/// positions starting at vector v0.
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
-unsafe fn forward_tile<const V: usize>(
+/// What a forward tile works on: `rows` (at most MR) output channels, rows of
+/// y `len` apart, from x [C, len] and packed weights w [tap][C][MR].
+struct Tile<'a> {
     x: *const f32,
     len: usize,
     c: usize,
     w: *const f32,
-    masks: &Masks,
-    v0: usize,
+    masks: &'a Masks,
     y: *mut f32,
-    bias: &[f32; MR],
-) {
+    rows: usize,
+    bias: &'a [f32; MR],
+}
+
+/// One forward tile: MR output channels x V vectors of positions starting at
+/// vector v0.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)]
+unsafe fn forward_tile<const V: usize>(tile: &Tile, v0: usize) {
+    let &Tile { x, len, c, w, masks, y, rows, bias } = tile;
     let mut acc = [[_mm512_setzero_ps(); V]; MR];
-    for tap in 0..TAPS {
+    for tap in 0..masks.taps {
         let mut m = [0u16; V];
         for j in 0..V {
-            m[j] = masks.bits[(v0 + j) * TAPS + tap];
+            m[j] = masks.bits[(v0 + j) * masks.taps + tap];
         }
         // Off the row where v0 is at its start and the tap looks up: only masked lanes go there.
         let src = x.wrapping_offset((v0 * LANES) as isize + masks.shifts[tap]);
@@ -360,7 +379,7 @@ unsafe fn forward_tile<const V: usize>(
             }
         }
     }
-    for i in 0..MR {
+    for i in 0..rows {
         let b = _mm512_set1_ps(bias[i]);
         for j in 0..V {
             let v = v0 + j;
@@ -369,48 +388,38 @@ unsafe fn forward_tile<const V: usize>(
     }
 }
 
-/// by_tap [9, K, C] += sum over a chunk of samples of d_y [n, K, H*W] (x)
+/// by_tap [R*S, K, C] += sum over a chunk of samples of d_y [n, K, H*W] (x)
 /// x_t [n, H*W, C] (the input, channels last).
 fn weight_grad_chunk(isa: Avx512, g: &Geometry, x_t: &[f32], d_y: &[f32], by_tap: &mut [f32]) {
-    let plane = g.h * g.w;
     let samples = x_t.len() / g.input_len();
+    let taps = g.r * g.s;
     assert!(x_t.len() == samples * g.input_len() && d_y.len() == samples * g.output_len());
-    assert!(by_tap.len() == TAPS * g.k * g.c && g.k.is_multiple_of(MR) && g.c.is_multiple_of(LANES));
+    assert!(by_tap.len() == taps * g.k * g.c && g.c.is_multiple_of(LANES));
     let _ = isa;
-    let vectors = g.c / LANES;
-    for tap in 0..TAPS {
-        let (r, s) = (tap / 3, tap % 3);
+    for tap in 0..taps {
+        let (r, s) = (tap / g.s, tap % g.s);
         // The outputs whose source through this tap lies inside the image: a
         // rectangle, so the kernel needs no masks.
         let area = Area {
             rows: g.inside(r, g.h, g.ho),
             cols: g.inside(s, g.w, g.wo),
-            shift: (r * g.w + s) as isize - (g.w + 1) as isize,
+            shift: (r as isize - g.pad as isize) * g.w as isize + s as isize - g.pad as isize,
         };
         let out = &mut by_tap[tap * g.k * g.c..(tap + 1) * g.k * g.c];
-        for k0 in (0..g.k).step_by(MR) {
-            let d_y_tile = d_y[k0 * plane..].as_ptr();
-            let out_tile = out[k0 * g.c..].as_mut_ptr();
-            let mut v0 = 0;
-            // SAFETY: isa proves AVX-512F. For each of `samples` samples the kernel
-            // reads d_y rows k0..k0+8 at positions inside the area (in the plane),
-            // and x_t at the area's sources (inside the image, by the area's
-            // construction) times C plus channels below C; it adds into rows
-            // k0..k0+8 of out [K, C] at channels below C. The asserts above
-            // checked the lengths.
-            unsafe {
-                let tile = |v0| (x_t.as_ptr().add(v0 * LANES), out_tile.add(v0 * LANES));
-                while v0 + NV <= vectors {
-                    let (x_t, out) = tile(v0);
-                    weight_grad_tile::<NV>(g, samples, &area, x_t, d_y_tile, out);
-                    v0 += NV;
-                }
-                let (x_t, out) = tile(v0);
-                match vectors - v0 {
-                    0 => {}
-                    1 => weight_grad_tile::<1>(g, samples, &area, x_t, d_y_tile, out),
-                    _ => weight_grad_tile::<2>(g, samples, &area, x_t, d_y_tile, out),
-                }
+        let mut k0 = 0;
+        // SAFETY: isa proves AVX-512F. For each of `samples` samples the kernels
+        // read d_y rows k0.. (8 or 1 of them, all below K) at positions inside the
+        // area (in the plane), and x_t at the area's sources (inside the image, by
+        // the area's construction) times C plus channels below C; they add into
+        // the same rows of out [K, C] at channels below C. The asserts above
+        // checked the lengths.
+        unsafe {
+            while k0 + MR <= g.k {
+                weight_grad_tiles::<MR>(g, samples, &area, x_t, k0, d_y, out);
+                k0 += MR;
+            }
+            for k in k0..g.k {
+                weight_grad_tiles::<1>(g, samples, &area, x_t, k, d_y, out);
             }
         }
     }
@@ -420,18 +429,47 @@ fn weight_grad_chunk(isa: Avx512, g: &Geometry, x_t: &[f32], d_y: &[f32], by_tap
 struct Area {
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
-    /// The flat offset from an output position to its source: (r - 1) * W + (s - 1).
+    /// The flat offset from an output position to its source: (r - P) * W + (s - P).
     shift: isize,
 }
 
-/// One weight-gradient tile of one tap: 8 output channels x V vectors of 16
+/// The weight gradient of output channels k0..k0+M, one tap, every input channel:
+/// tiles of 3 vectors of 16 channels, then the 1 or 2 left over.
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_grad_tiles<const M: usize>(
+    g: &Geometry,
+    samples: usize,
+    area: &Area,
+    x_t: &[f32],
+    k0: usize,
+    d_y: &[f32],
+    out: &mut [f32],
+) {
+    let vectors = g.c / LANES;
+    let (x_t, d_y, out) = (x_t.as_ptr(), d_y.as_ptr().add(k0 * g.h * g.w), out.as_mut_ptr().add(k0 * g.c));
+    let tile = |v0: usize| (x_t.add(v0 * LANES), d_y, out.add(v0 * LANES));
+    let mut v0 = 0;
+    while v0 + NV <= vectors {
+        let (x_t, d_y, out) = tile(v0);
+        weight_grad_tile::<M, NV>(g, samples, area, x_t, d_y, out);
+        v0 += NV;
+    }
+    let (x_t, d_y, out) = tile(v0);
+    match vectors - v0 {
+        0 => {}
+        1 => weight_grad_tile::<M, 1>(g, samples, area, x_t, d_y, out),
+        _ => weight_grad_tile::<M, 2>(g, samples, area, x_t, d_y, out),
+    }
+}
+
+/// One weight-gradient tile of one tap: M output channels x V vectors of 16
 /// input channels, summed over `samples` samples and the positions of `area`:
 /// out[i, lanes of j] += sum d_y[k0 + i, q] * x_t[q + shift, channels of j].
 /// `x_t` points at the tile's first channel of sample 0's [H*W, C]; `d_y` at row
 /// k0 of sample 0's [K, H*W]; `out` at row k0, the tile's first channel, of [K, C].
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn weight_grad_tile<const V: usize>(
+unsafe fn weight_grad_tile<const M: usize, const V: usize>(
     g: &Geometry,
     samples: usize,
     area: &Area,
@@ -440,7 +478,7 @@ unsafe fn weight_grad_tile<const V: usize>(
     out: *mut f32,
 ) {
     let plane = g.h * g.w;
-    let mut acc = [[_mm512_setzero_ps(); V]; MR];
+    let mut acc = [[_mm512_setzero_ps(); V]; M];
     for n in 0..samples {
         let x_n = x_t.add(n * g.input_len());
         let d_y_n = d_y.add(n * g.output_len());
@@ -451,7 +489,7 @@ unsafe fn weight_grad_tile<const V: usize>(
                 for j in 0..V {
                     b[j] = _mm512_loadu_ps(src.add(j * LANES));
                 }
-                for i in 0..MR {
+                for i in 0..M {
                     let d = _mm512_set1_ps(*d_y_n.add(i * plane + q));
                     for j in 0..V {
                         acc[i][j] = _mm512_fmadd_ps(d, b[j], acc[i][j]);
@@ -460,7 +498,7 @@ unsafe fn weight_grad_tile<const V: usize>(
             }
         }
     }
-    for i in 0..MR {
+    for i in 0..M {
         for j in 0..V {
             let o = out.add(i * g.c + j * LANES);
             _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[i][j]));
