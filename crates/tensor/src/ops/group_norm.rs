@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::lanes::{dot_f32, sum_f32, sum_sq_dev_f32};
+use super::wide::wide;
 
 use crate::{Result, Shape, Tensor, TensorError};
 
@@ -127,7 +128,7 @@ fn group_norm_forward(
                 // z = gamma (x - mu) rstd + beta = a x + b per channel; y = act(z).
                 let a = gam[g0 + j] * r as f32;
                 let b = bet[g0 + j] - a * mu;
-                yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = act.forward(a * v + b));
+                wide(|| yc.iter_mut().zip(xc).for_each(|(o, &v)| *o = act.forward(a * v + b)));
             }
         },
     );
@@ -189,9 +190,11 @@ fn group_norm_backward_with(
                 let range = j * hw..(j + 1) * hw;
                 let (gm, bt) = (gam[g0 + j], bet[g0 + j]);
                 let (dz, xc) = (&mut dxb[range.clone()], &xb[range.clone()]);
-                for ((dz, &v), &g) in dz.iter_mut().zip(xc).zip(&gb[range]) {
-                    *dz = act.backward(gm * (v - mu) * r + bt, g);
-                }
+                wide(|| {
+                    for ((dz, &v), &g) in dz.iter_mut().zip(xc).zip(&gb[range]) {
+                        *dz = act.backward(gm * (v - mu) * r + bt, g);
+                    }
+                });
                 // sum dz, and sum dz xhat = r (sum dz x - mu sum dz).
                 let s_g = sum_f32(dz) as f64;
                 let s_gx = r as f64 * (dot_f32(dz, xc) as f64 - mu as f64 * s_g);

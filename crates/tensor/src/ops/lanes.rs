@@ -9,6 +9,7 @@
 const LANES: usize = 16;
 
 /// sum_i v_i.
+#[inline(always)]
 pub(crate) fn sum_f32(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = v.chunks_exact(LANES);
@@ -22,6 +23,7 @@ pub(crate) fn sum_f32(v: &[f32]) -> f32 {
 }
 
 /// sum_i a_i b_i.
+#[inline(always)]
 pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -35,6 +37,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// sum_i (v_i - c)^2.
+#[inline(always)]
 pub(crate) fn sum_sq_dev_f32(v: &[f32], c: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = v.chunks_exact(LANES);

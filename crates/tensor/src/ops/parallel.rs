@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+use super::wide::wide;
 use crate::PARALLEL_THRESHOLD;
 
 /// Fills `out` in place, `row` elements at a time, calling `f(row_index, row)`;
@@ -26,12 +27,11 @@ pub(crate) fn for_each_row(out: &mut [f32], row: usize, f: impl Fn(usize, &mut [
 
 /// Applies `f` to every element of `out` alongside the same index of `input`.
 pub(crate) fn map_into(input: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    let run = |o: &mut [f32], i: &[f32]| wide(|| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
     if out.len() >= PARALLEL_THRESHOLD {
-        out.par_chunks_mut(4096)
-            .zip(input.par_chunks(4096))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x)));
+        out.par_chunks_mut(4096).zip(input.par_chunks(4096)).for_each(|(o, i)| run(o, i));
     } else {
-        out.iter_mut().zip(input).for_each(|(o, &x)| *o = f(x));
+        run(out, input);
     }
 }
 
