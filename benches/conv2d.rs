@@ -1,5 +1,6 @@
 //! The convolution kernels at the U-Net's shapes (batch 64, MNIST), in GFLOP/s:
-//! the CPU's (im2col + GEMM on rayon), and where a GPU can be used the CUDA
+//! the CPU's (direct AVX-512 kernels where they apply, else im2col + GEMM, on
+//! rayon; `DDPM_CONV=gemm` forces im2col + GEMM, to compare), and where a GPU can be used the CUDA
 //! kernels of kernels/conv2d.cu (tiled implicit GEMM, and the naive reference).
 //!
 //! A convolution x [N, C, H, W] * weight [K, C, R, S] -> y [N, K, Ho, Wo] costs
@@ -25,6 +26,10 @@ const SHAPES: &[(usize, usize, usize, usize, usize, usize, &str)] = &[
     (16, 16, 28, 3, 2, 1, "tiny downsample 16->16 3x3 stride 2 @28->14"),
     (1, 16, 28, 3, 1, 1, "stem 1->16 3x3 @28x28"),
     (32, 96, 7, 1, 1, 0, "attention qkv 32->96 1x1 @7x7"),
+    (32, 32, 28, 3, 1, 1, "small 32->32 3x3 @28x28"),
+    (64, 64, 14, 3, 1, 1, "small 64->64 3x3 @14x14"),
+    (128, 128, 7, 3, 1, 1, "small 128->128 3x3 @7x7"),
+    (128, 384, 7, 1, 1, 0, "small attention qkv 128->384 1x1 @7x7"),
 ];
 
 fn conv2d(c: &mut Criterion) {
