@@ -25,9 +25,10 @@
 //! A 1x1 convolution with stride 1 and no padding needs no im2col: its cols would be
 //! x_n viewed as [C, H*W], so the GEMMs read the tensors directly.
 //!
-//! On CPUs with AVX-512, the U-Net's 3x3 "same" convolutions skip im2col and
-//! the GEMM altogether: see `conv2d_direct.rs`, whose micro-kernels read the
-//! input where it lies. The im2col path below serves every other shape and CPU.
+//! On CPUs with AVX-512, the U-Net's stride-1 "same" convolutions (3x3, and the
+//! forward pass and input gradient of 1x1) skip im2col and the GEMM altogether:
+//! see `conv2d_direct.rs`, whose micro-kernels read the input where it lies.
+//! The im2col path below serves every other shape and CPU.
 //!
 //! Parallelism: the batch is split into a few contiguous runs of samples, one rayon
 //! task each. A task allocates its cols buffer once and calls the single-threaded
