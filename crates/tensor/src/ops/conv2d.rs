@@ -399,6 +399,17 @@ const PARALLEL_FLOPS: usize = 1 << 21;
 /// ~320, 512 -> ~304, 2048 -> ~278 (small: 37-50, ~59.5, ~55, ~52).
 const GEMM_COLUMNS: usize = 128;
 
+/// The sum of the runs' partial weight gradients (`len` floats each), in run order.
+fn sum_partials(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut partials = partials.into_iter();
+    let mut sum = partials.next().unwrap_or_else(|| vec![0.0; len]);
+    for partial in partials {
+        sum.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
+        pool::give(partial);
+    }
+    sum
+}
+
 /// The signature shared by [`sgemm`] and [`sgemm_parallel`].
 type Gemm = fn(usize, usize, usize, &[f32], Transpose, &[f32], Transpose, f32, &mut [f32]);
 
@@ -656,13 +667,7 @@ pub fn conv2d_backward_weight(input: &Tensor, d_out: &Tensor, weight_shape: &Sha
         }
         d_w
     });
-    let mut partials = partials.into_iter();
-    let mut d_w = partials.next().unwrap_or_else(|| vec![0.0; weight_len]);
-    for partial in partials {
-        d_w.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
-        pool::give(partial);
-    }
-    Ok(Tensor::from_parts(d_w, weight_shape.clone()))
+    Ok(Tensor::from_parts(sum_partials(partials, weight_len), weight_shape.clone()))
 }
 
 /// d_bias `[K]` = d_out `[N, K, Ho, Wo]` summed over N, Ho and Wo (each `bias[k]` is added
@@ -836,6 +841,13 @@ mod tests {
         close(&format!("backward bias {case:?}"), &conv2d_backward_bias(&d_out).unwrap(), &d_b_ref, n * ho * wo);
     }
 
+    /// check_against_reference on each case, with seeds first_seed, first_seed + 1, ...
+    fn check_cases(cases: &[Case], first_seed: u64) {
+        for (seed, &case) in (first_seed..).zip(cases) {
+            check_against_reference(case, seed);
+        }
+    }
+
     #[test]
     fn fast_kernels_match_the_reference_on_many_shapes() {
         let mut cases = Vec::new();
@@ -851,9 +863,7 @@ mod tests {
                 }
             }
         }
-        for (i, case) in cases.into_iter().enumerate() {
-            check_against_reference(case, i as u64);
-        }
+        check_cases(&cases, 0);
     }
 
     #[test]
@@ -870,9 +880,7 @@ mod tests {
             Case { n: 13, c: 16, k: 16, h: 7, w: 7, r: 3, s: 3, stride: 1, pad: 1, bias: true },
             Case { n: 13, c: 32, k: 96, h: 7, w: 7, r: 1, s: 1, stride: 1, pad: 0, bias: true },
         ];
-        for (i, case) in cases.into_iter().enumerate() {
-            check_against_reference(case, 100 + i as u64);
-        }
+        check_cases(&cases, 100);
     }
 
     /// Shapes for the direct kernels: a sample per row (28x28), samples side by
@@ -895,9 +903,7 @@ mod tests {
 
     #[test]
     fn the_direct_kernels_match_the_reference() {
-        for (i, case) in DIRECT_CASES.into_iter().enumerate() {
-            check_against_reference(case, 300 + i as u64);
-        }
+        check_cases(&DIRECT_CASES, 300);
     }
 
     /// The comparisons above test the direct kernels only where this CPU picks
@@ -935,9 +941,7 @@ mod tests {
             Case { n: 2, c: 2, k: 3, h: 2, w: 1, r: 3, s: 3, stride: 1, pad: 1, bias: true },
             Case { n: 2, c: 1, k: 2, h: 1, w: 2, r: 3, s: 3, stride: 2, pad: 2, bias: false },
         ];
-        for (i, case) in cases.into_iter().enumerate() {
-            check_against_reference(case, 200 + i as u64);
-        }
+        check_cases(&cases, 200);
     }
 
     #[test]

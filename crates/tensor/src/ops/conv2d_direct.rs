@@ -49,7 +49,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{side_by_side, split_side_by_side, Geometry, Plan};
+use super::{flat_shift, side_by_side, split_side_by_side, sum_partials, Geometry, Plan};
 use crate::pool;
 
 /// Positions in one vector register.
@@ -171,12 +171,7 @@ impl Direct {
             pool::give(x_t);
             by_tap
         });
-        let mut partials = partials.into_iter();
-        let mut by_tap = partials.next().expect("a convolution with samples has a run");
-        for partial in partials {
-            by_tap.iter_mut().zip(&partial).for_each(|(a, b)| *a += b);
-            pool::give(partial);
-        }
+        let by_tap = sum_partials(partials, weight_len);
         let mut d_w = pool::take(weight_len);
         for (tap, kc) in by_tap.chunks_exact(g.k * g.c).enumerate() {
             for (i, &v) in kc.iter().enumerate() {
@@ -242,23 +237,19 @@ struct Masks {
 
 impl Masks {
     fn new(g: &Geometry, len: usize) -> Masks {
-        let (h, w) = (g.h as isize, g.w as isize);
         let plane = g.h * g.w;
         let taps = g.r * g.s;
-        let offsets: Vec<(isize, isize)> = (0..taps)
-            .map(|tap| ((tap / g.s) as isize - g.pad as isize, (tap % g.s) as isize - g.pad as isize))
-            .collect();
         let mut bits = vec![0u16; len.div_ceil(LANES) * taps];
         for f in 0..len {
             let q = f % plane;
-            let (oy, ox) = ((q / g.w) as isize, (q % g.w) as isize);
-            for (tap, &(dy, dx)) in offsets.iter().enumerate() {
-                if (0..h).contains(&(oy + dy)) && (0..w).contains(&(ox + dx)) {
+            let (oy, ox) = (q / g.w, q % g.w);
+            for tap in 0..taps {
+                if g.source(oy, tap / g.s, g.h).is_some() && g.source(ox, tap % g.s, g.w).is_some() {
                     bits[(f / LANES) * taps + tap] |= 1 << (f % LANES);
                 }
             }
         }
-        let shifts = offsets.iter().map(|&(dy, dx)| dy * w + dx).collect();
+        let shifts = (0..taps).map(|tap| flat_shift(g, tap / g.s, tap % g.s)).collect();
         Masks { len, taps, bits, shifts }
     }
 
@@ -400,11 +391,7 @@ fn weight_grad_chunk(isa: Avx512, g: &Geometry, x_t: &[f32], d_y: &[f32], by_tap
         let (r, s) = (tap / g.s, tap % g.s);
         // The outputs whose source through this tap lies inside the image: a
         // rectangle, so the kernel needs no masks.
-        let area = Area {
-            rows: g.inside(r, g.h, g.ho),
-            cols: g.inside(s, g.w, g.wo),
-            shift: (r as isize - g.pad as isize) * g.w as isize + s as isize - g.pad as isize,
-        };
+        let area = Area { rows: g.inside(r, g.h, g.ho), cols: g.inside(s, g.w, g.wo), shift: flat_shift(g, r, s) };
         let out = &mut by_tap[tap * g.k * g.c..(tap + 1) * g.k * g.c];
         let mut k0 = 0;
         // SAFETY: isa proves AVX-512F. For each of `samples` samples the kernels
