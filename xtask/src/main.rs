@@ -47,13 +47,31 @@ enum Job {
 /// Errors end the program with one line and a non-zero exit, never a panic
 /// or a backtrace.
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    match on_worker_thread(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `job` on one of rayon's worker threads rather than on the main thread.
+///
+/// Every parallel loop of a train step (a few hundred of them) is then started
+/// by a worker that takes its own share at once, while the other workers steal
+/// the rest. Started from outside the pool, a loop waits for sleeping workers
+/// to wake, and the caller for them to finish: on this project's 2-core virtual
+/// machine a sleeping worker took over 0.3 ms to wake, longer than many of the
+/// loops, and the `small` train step ran about 5% faster once moved here.
+/// The workers get the main thread's stack size (8 MiB, where std's threads have
+/// 2), so that a job has the stack it would have had on the main thread.
+fn on_worker_thread<T: Send>(job: impl FnOnce() -> T + Send) -> T {
+    const STACK_BYTES: usize = 8 << 20;
+    // Only fails if a global pool already exists, which then serves as well.
+    let _ = rayon::ThreadPoolBuilder::new().stack_size(STACK_BYTES).build_global();
+    rayon::scope(|_| job())
 }
 
 fn run(cli: Cli) -> Result<()> {
