@@ -155,7 +155,8 @@ impl Direct {
             // Samples in chunks whose x and d_y stay in cache while every tile
             // of the weight gradient passes over them.
             let chunk = (CACHE_FLOATS / ((g.c + g.k) * plane)).clamp(1, run.len());
-            let mut x_t = pool::take(chunk * g.input_len());
+            let mut x_t_buf = pool::take(chunk * g.input_len() + LANES);
+            let x_t = cache_aligned(&mut x_t_buf);
             for first in run.clone().step_by(chunk) {
                 let samples = first..(first + chunk).min(run.end);
                 let x_t = &mut x_t[..samples.len() * g.input_len()];
@@ -168,7 +169,7 @@ impl Direct {
                 let d_y = &d_y[samples.start * g.output_len()..samples.end * g.output_len()];
                 weight_grad_chunk(self.isa, g, x_t, d_y, &mut by_tap);
             }
-            pool::give(x_t);
+            pool::give(x_t_buf);
             by_tap
         });
         let by_tap = sum_partials(partials, weight_len);
@@ -197,6 +198,13 @@ fn transpose(m: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
             }
         }
     }
+}
+
+/// The part of `buf` (all but at most 15 floats) that starts on a 64-byte cache
+/// line, so that loading 16 floats at a multiple of 16 from it touches one line.
+fn cache_aligned(buf: &mut [f32]) -> &mut [f32] {
+    let skip = buf.as_ptr().align_offset(64).min(buf.len());
+    &mut buf[skip..]
 }
 
 /// K rounded up to whole forward tiles.
