@@ -945,6 +945,28 @@ mod tests {
     }
 
     #[test]
+    fn a_nan_reaches_only_the_outputs_that_read_it() {
+        // The direct kernel loads whole vectors and switches off the lanes that
+        // fall in the padding; a NaN in such a lane (here at the end of a row, whose
+        // next flat neighbour starts the row below) must not leak into outputs
+        // whose window does not hold it. One NaN at (y, x) of channel 1 of sample 1
+        // makes NaN exactly the outputs of sample 1 within one pixel of it.
+        let (n, c, k, h, w) = (3, 16, 8, 28, 28);
+        for (ny, nx) in [(5, w - 1), (9, 0), (0, 13), (h - 1, w - 1)] {
+            let mut x = Tensor::randn([n, c, h, w], &mut StdRng::seed_from_u64(7)).to_vec();
+            x[((c + 1) * h + ny) * w + nx] = f32::NAN; // sample 1, channel 1
+            let x = Tensor::from_vec(x, [n, c, h, w]).unwrap();
+            let weight = Tensor::randn([k, c, 3, 3], &mut StdRng::seed_from_u64(8));
+            let y = x.conv2d(&weight, None, params(1, 1)).unwrap().to_vec();
+            for (i, v) in y.iter().enumerate() {
+                let (sample, oy, ox) = (i / (k * h * w), i / w % h, i % w);
+                let reads_it = sample == 1 && oy.abs_diff(ny) <= 1 && ox.abs_diff(nx) <= 1;
+                assert_eq!(v.is_nan(), reads_it, "output {i} (sample {sample}, y {oy}, x {ox}), NaN at ({ny}, {nx})");
+            }
+        }
+    }
+
+    #[test]
     fn a_hand_computed_example() {
         // x is 1..=16 on a 4x4 grid, the kernel is all ones: with padding 1, each
         // output is the sum of the 3x3 neighbourhood that lies inside the grid.

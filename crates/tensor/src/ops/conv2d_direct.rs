@@ -264,6 +264,20 @@ impl Masks {
     fn vectors(&self) -> usize {
         self.len.div_ceil(LANES)
     }
+
+    /// Whether a tile of `v` vectors from vector `v0` may load whole vectors,
+    /// masked lanes included, for every tap and channel of x [C, len] without
+    /// leaving x. Each channel's loads span v0*16 + shift .. (v0 + v)*16 + shift;
+    /// the rows lie end to end, so only channel 0's lowest and channel C-1's
+    /// highest can fall outside.
+    fn plain_loads_stay_inside(&self, c: usize, v0: usize, v: usize) -> bool {
+        let (Some(&lowest), Some(&highest)) = (self.shifts.iter().min(), self.shifts.iter().max()) else {
+            return false;
+        };
+        let first = (v0 * LANES) as isize + lowest;
+        let end = ((c - 1) * self.len + (v0 + v) * LANES) as isize + highest;
+        first >= 0 && end <= (c * self.len) as isize
+    }
 }
 
 /// A task's masks, by row length (a run's last group may be shorter).
@@ -323,13 +337,17 @@ fn forward_row(
         // [tap][C][8]. The asserts above checked all three lengths.
         unsafe {
             while v0 + NV <= vectors {
-                forward_tile::<NV>(&tile, v0);
+                if masks.plain_loads_stay_inside(g.c, v0, NV) {
+                    forward_tile::<NV, true>(&tile, v0);
+                } else {
+                    forward_tile::<NV, false>(&tile, v0);
+                }
                 v0 += NV;
             }
             match vectors - v0 {
                 0 => {}
-                1 => forward_tile::<1>(&tile, v0),
-                _ => forward_tile::<2>(&tile, v0),
+                1 => forward_tile::<1, false>(&tile, v0),
+                _ => forward_tile::<2, false>(&tile, v0),
             }
         }
     }
@@ -352,7 +370,7 @@ struct Tile<'a> {
 /// vector v0.
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)]
-unsafe fn forward_tile<const V: usize>(tile: &Tile, v0: usize) {
+unsafe fn forward_tile<const V: usize, const PLAIN: bool>(tile: &Tile, v0: usize) {
     let &Tile { x, len, c, w, masks, y, rows, bias } = tile;
     let mut acc = [[_mm512_setzero_ps(); V]; MR];
     for tap in 0..masks.taps {
@@ -367,13 +385,21 @@ unsafe fn forward_tile<const V: usize>(tile: &Tile, v0: usize) {
             let row = src.wrapping_add(ci * len);
             let mut b = [_mm512_setzero_ps(); V];
             for j in 0..V {
-                b[j] = _mm512_maskz_loadu_ps(m[j], row.wrapping_add(j * LANES));
+                b[j] = if PLAIN {
+                    _mm512_loadu_ps(row.add(j * LANES))
+                } else {
+                    _mm512_maskz_loadu_ps(m[j], row.wrapping_add(j * LANES))
+                };
             }
             let w_c = w_tap.add(ci * MR);
             for i in 0..MR {
                 let wi = _mm512_set1_ps(*w_c.add(i));
                 for j in 0..V {
-                    acc[i][j] = _mm512_fmadd_ps(wi, b[j], acc[i][j]);
+                    acc[i][j] = if PLAIN {
+                        _mm512_mask3_fmadd_ps(wi, b[j], acc[i][j], m[j])
+                    } else {
+                        _mm512_fmadd_ps(wi, b[j], acc[i][j])
+                    };
                 }
             }
         }
