@@ -271,7 +271,10 @@ impl Var {
                 debug_assert_eq!(gi.shape(), &input.shape(), "rule of {} gave a misshaped gradient", op.name());
                 match grads.get_mut(&input.id()) {
                     // A node used twice receives the sum of both paths' gradients.
-                    Some(acc) => acc.add_assign(&gi)?,
+                    Some(acc) => {
+                        let _timer = crate::profile::scope("accumulate", crate::profile::Pass::Backward);
+                        acc.add_assign(&gi)?
+                    }
                     None => {
                         grads.insert(input.id(), gi);
                     }

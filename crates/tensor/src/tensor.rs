@@ -110,6 +110,12 @@ impl Tensor {
     }
 
     /// Mutable access to the values; copies the buffer first if it is shared.
+    /// Whether no other tensor shares this one's buffer, so that
+    /// [`Tensor::as_mut_slice`] writes in place instead of copying first.
+    pub fn is_unshared(&mut self) -> bool {
+        Arc::get_mut(&mut self.storage).is_some()
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
         match Arc::make_mut(&mut self.storage) {
             Storage::Cpu(v) => v,

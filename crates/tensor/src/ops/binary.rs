@@ -150,8 +150,15 @@ impl Tensor {
     }
 
     /// self += rhs, same shape; used to accumulate gradients without allocating.
+    /// When self's buffer is shared with another tensor (an `add`'s backward
+    /// hands one gradient to both inputs), the sum goes to a new buffer in one
+    /// pass, rather than copying self first and adding after.
     pub fn add_assign(&mut self, rhs: &Tensor) -> Result<()> {
         rhs.expect_shape("add_assign", self.shape())?;
+        if !self.is_unshared() {
+            *self = self.add(rhs)?;
+            return Ok(());
+        }
         let src = rhs.as_slice();
         let dst = self.as_mut_slice();
         if dst.len() >= crate::PARALLEL_THRESHOLD {
@@ -198,6 +205,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::{rngs::StdRng, SeedableRng};
+
+    #[test]
+    fn add_assign_adds_in_place_and_leaves_a_sharing_tensor_alone() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for len in [10, crate::PARALLEL_THRESHOLD + 5] {
+            let (a, b) = (Tensor::randn([len], &mut rng), Tensor::randn([len], &mut rng));
+            let expected: Vec<f32> = a.as_slice().iter().zip(b.as_slice()).map(|(x, y)| x + y).collect();
+            let mut own = Tensor::from_vec(a.to_vec(), [len]).unwrap();
+            own.add_assign(&b).unwrap();
+            assert_eq!(own.to_vec(), expected);
+            let original = a.to_vec();
+            let mut shared = a.clone();
+            shared.add_assign(&b).unwrap();
+            assert_eq!(shared.to_vec(), expected);
+            assert_eq!(a.to_vec(), original, "the tensor that shared the buffer changed");
+        }
+        assert!(Tensor::zeros([3]).add_assign(&Tensor::zeros([4])).is_err());
+    }
 
     fn check(a: &[usize], b: &[usize]) {
         let mut rng = StdRng::seed_from_u64(0);
