@@ -157,6 +157,8 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
                 beta.requires_grad().then_some(dbeta),
             ]
         }
+        // y = x * mask, the mask a constant: dx = g * mask, the same op on g.
+        Dropout(_, seed, p) => vec![Some(g.dropout(*seed, *p))],
         // Each input pixel fed a 2x2 block: it gets the block's summed gradient.
         Upsample2x(_) => vec![Some(g.upsample_nearest2x_backward()?)],
         // y = max of a 2x2 window: dy/dx = 1 for the window's largest x, 0 for

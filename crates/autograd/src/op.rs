@@ -61,6 +61,8 @@ pub enum Op {
         groups: usize,
         stats: GroupNormStats,
     },
+    /// Inverted dropout whose mask is Philox stream `seed` (recomputed, not stored).
+    Dropout(Var, u64, f32),
     /// Nearest-neighbour x2 upsampling of [N, C, H, W].
     Upsample2x(Var),
     /// The largest value of each 2x2 window of [N, C, H, W] (the classifier's pooling).
@@ -95,7 +97,7 @@ impl Op {
             | LogSoftmax(a) => {
                 vec![a]
             }
-            Upsample2x(a) | MaxPool2x2(a) | Embedding(a, _) => vec![a],
+            Upsample2x(a) | MaxPool2x2(a) | Embedding(a, _) | Dropout(a, ..) => vec![a],
             GroupNorm { x, gamma, beta, .. } | GroupNormSilu { x, gamma, beta, .. } => vec![x, gamma, beta],
             Conv2d { x, weight, bias, .. } => [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().collect(),
             Concat(parts, _) => parts.iter().collect(),
@@ -133,6 +135,7 @@ impl Op {
             GroupNormSilu { .. } => "group_norm_silu",
             Conv2d { .. } => "conv2d",
             Upsample2x(..) => "upsample_nearest2x",
+            Dropout(..) => "dropout",
             MaxPool2x2(..) => "max_pool2x2",
             Embedding(..) => "embedding",
         }

@@ -195,6 +195,13 @@ impl Var {
         Ok(Var::from_op(y, op))
     }
 
+    /// Inverted dropout with the mask of Philox stream `seed` (see
+    /// `Tensor::dropout`): zero where the stream draws below p, else x / (1 - p).
+    pub fn dropout(&self, seed: u64, p: f32) -> Var {
+        let _timer = profile::scope("dropout", Pass::Forward);
+        Var::from_op(self.value().dropout(seed, p), Op::Dropout(self.clone(), seed, p))
+    }
+
     /// [N, C, H, W] -> [N, C, 2H, 2W], each pixel repeated into a 2x2 block.
     pub fn upsample_nearest2x(&self) -> Result<Var> {
         let _timer = profile::scope("upsample_nearest2x", Pass::Forward);

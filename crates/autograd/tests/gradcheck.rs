@@ -224,6 +224,13 @@ fn group_norm_silu_fused() {
 }
 
 #[test]
+fn dropout_is_linear_with_its_mask_as_slope() {
+    // y = x * mask: dy/dx = mask, 0 or 1 / (1 - p), with the mask recomputed
+    // from the seed in the backward pass. p = 0.5 drops about half.
+    check(&[randn(&[2, 3, 5, 7], 61)], |v| Ok(v[0].dropout(42, 0.5)));
+}
+
+#[test]
 fn upsample_nearest2x() {
     // Each input pixel is copied to 4 outputs: its gradient is their sum.
     check(&[randn(&[2, 3, 3, 2], 53)], |v| v[0].upsample_nearest2x());

@@ -12,6 +12,8 @@
 //! ```
 //!
 //! turned into one N(0, 1) number by Box-Muller on its first two words.
+//! Uniforms (dropout's masks) use all four words of each counter, in blocks
+//! of 64 from 16 counters (see [`uniform`]).
 
 use crate::{Shape, Tensor};
 
@@ -28,6 +30,7 @@ pub fn philox4x32_10(ctr: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// Philox4x32-10 on L counters at once: word w of counter l is `ctr[w][l]`.
 /// Written lane by lane over arrays, so that the compiler makes each line one
 /// vector instruction across the L counters.
+#[inline(always)]
 fn philox_lanes<const L: usize>(mut ctr: [[u32; L]; 4], mut key: [u32; 2]) -> [[u32; L]; 4] {
     for round in 0..10 {
         if round > 0 {
@@ -63,26 +66,65 @@ fn unit(word: u32) -> f32 {
     (word >> 8) as f32 * (1.0 / 16_777_216.0)
 }
 
-/// `out[j]` = [`uniform`]`(seed, offset, first + j)`, 16 counters at a time
-/// and in parallel: the same numbers, many times faster than one by one.
+/// Counters per block of uniforms: a block is [`BLOCK`] = 4 x 16 uniforms.
+const LANES: usize = 16;
+/// Uniforms per block: word w of the block's counter l is uniform 16w + l.
+const BLOCK: usize = 4 * LANES;
+
+/// `out[j]` = [`uniform`]`(seed, offset, first + j)`, a block of 16 counters
+/// (64 values) at a time and in parallel: the same numbers, many times faster
+/// than one by one.
 pub fn uniforms(seed: u64, offset: u64, first: u64, out: &mut [f32]) {
-    const L: usize = 16;
+    uniforms_with(seed, offset, first, out, |_, u, out| out.copy_from_slice(u));
+}
+
+/// Calls `f(start, u, out_part)` over `out` in consecutive parts, in parallel,
+/// where u[i] = [`uniform`]`(seed, offset, first + start + i)` and out_part is
+/// `out[start..start + u.len()]`: a pass that uses the uniforms as they are
+/// made (dropout's mask) without storing them first.
+pub fn uniforms_with(
+    seed: u64,
+    offset: u64,
+    first: u64,
+    out: &mut [f32],
+    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
+) {
     const ROW: usize = 1024;
     crate::ops::parallel::for_each_row(out, ROW, |row, values| {
-        let row_first = first + (row * ROW) as u64;
-        for (chunk_index, chunk) in values.chunks_mut(L).enumerate() {
-            let base = row_first + (chunk_index * L) as u64;
-            let counters: [[u32; 4]; L] = std::array::from_fn(|l| counter(offset, base + l as u64));
-            let ctr = std::array::from_fn(|w| std::array::from_fn(|l| counters[l][w]));
-            let words = philox_lanes::<L>(ctr, key(seed));
-            chunk.iter_mut().zip(&words[0]).for_each(|(o, &w)| *o = unit(w));
-        }
+        let row_start = row * ROW;
+        let row_first = first + row_start as u64;
+        // Up to the next whole block one by one, then whole blocks.
+        let head = (row_first.next_multiple_of(BLOCK as u64) - row_first).min(values.len() as u64) as usize;
+        let (head_values, rest) = values.split_at_mut(head);
+        let u: Vec<f32> = (0..head as u64).map(|j| uniform(seed, offset, row_first + j)).collect();
+        f(row_start, &u, head_values);
+        let first_block = (row_first + head as u64) / BLOCK as u64;
+        crate::ops::wide::wide(|| {
+            for (b, part) in rest.chunks_mut(BLOCK).enumerate() {
+                let u = block(seed, offset, first_block + b as u64);
+                f(row_start + head + b * BLOCK, &u[..part.len()], part);
+            }
+        });
     });
 }
 
-/// Element `i` of draw `offset` of stream `seed`, uniform in [0, 1) (24 bits).
+/// The 64 uniforms of block `b`, from counters 16b .. 16b + 15.
+#[inline(always)]
+fn block(seed: u64, offset: u64, b: u64) -> [f32; BLOCK] {
+    let base = b * LANES as u64;
+    let counters: [[u32; 4]; LANES] = std::array::from_fn(|l| counter(offset, base + l as u64));
+    let ctr = std::array::from_fn(|w| std::array::from_fn(|l| counters[l][w]));
+    let words = philox_lanes::<LANES>(ctr, key(seed));
+    std::array::from_fn(|i| unit(words[i / LANES][i % LANES]))
+}
+
+/// Uniform `i` of draw `offset` of stream `seed`, in [0, 1) (24 bits). Uniforms
+/// come in blocks of 64 from 16 counters, all four words of each: uniform i is
+/// word (i mod 64) / 16 of counter 16 (i / 64) + i mod 16.
 pub fn uniform(seed: u64, offset: u64, i: u64) -> f32 {
-    unit(philox4x32_10(counter(offset, i), key(seed))[0])
+    let (b, r) = (i / BLOCK as u64, i % BLOCK as u64);
+    let word = philox4x32_10(counter(offset, b * LANES as u64 + r % LANES as u64), key(seed));
+    unit(word[(r / LANES as u64) as usize])
 }
 
 /// Element `i` of draw `offset` of stream `seed`, N(0, 1).
@@ -95,6 +137,22 @@ pub fn normal(seed: u64, offset: u64, i: u64) -> f32 {
 }
 
 impl Tensor {
+    /// Inverted dropout with the mask of Philox stream `seed`: element i is
+    /// x[i] * 0 where [`uniform`]`(seed, 0, i)` < p, else x[i] / (1 - p). The mask
+    /// is recomputed where it is needed rather than stored: the gradient of
+    /// dropout is the same op on the gradient (`g.dropout(seed, p)`).
+    pub fn dropout(&self, seed: u64, p: f32) -> Tensor {
+        let keep = 1.0 / (1.0 - p);
+        let x = self.as_slice();
+        let mut y = crate::pool::take(x.len());
+        uniforms_with(seed, 0, 0, &mut y, |start, u, y| {
+            for ((y, &x), &u) in y.iter_mut().zip(&x[start..]).zip(u) {
+                *y = x * if u < p { 0.0 } else { keep };
+            }
+        });
+        Tensor::from_parts(y, self.shape().clone())
+    }
+
     /// Standard normal samples from Philox: draw `offset` of stream `seed`,
     /// the same numbers the GPU's `randn_f32` kernel gives.
     pub fn randn_philox(shape: impl Into<Shape>, seed: u64, offset: u64) -> Tensor {

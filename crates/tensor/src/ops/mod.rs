@@ -15,7 +15,7 @@ mod reduce;
 mod softmax;
 mod unary;
 mod upsample;
-mod wide;
+pub(crate) mod wide;
 
 pub use binary::{binary_reference, BinaryOp};
 pub use conv2d::{
