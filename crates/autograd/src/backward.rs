@@ -96,19 +96,7 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             g.split(*axis, &sizes)?.into_iter().zip(parts).map(|(gi, p)| p.requires_grad().then_some(gi)).collect()
         }
         // The slice's gradient lands where the slice came from; zero elsewhere.
-        Narrow(a, axis, start) => {
-            let dims = a.dims();
-            let len = g.dims()[*axis];
-            let mut pieces = vec![];
-            let zeros = |n: usize| {
-                let mut d = dims.clone();
-                d[*axis] = n;
-                Tensor::zeros(d)
-            };
-            let (before, after) = (zeros(*start), zeros(dims[*axis] - start - len));
-            pieces.extend([before, g.clone(), after]);
-            vec![Some(Tensor::concat(&pieces.iter().collect::<Vec<_>>(), *axis)?)]
-        }
+        Narrow(a, axis, start) => vec![Some(g.narrow_backward(*axis, *start, a.dims()[*axis])?)],
         // y = softmax(x): dx = y (g - sum_j g_j y_j), row by row.
         Softmax(_) => vec![Some(Tensor::softmax_backward(y, g)?)],
         // y = log softmax(x): dx = g - softmax(x) sum_j g_j.

@@ -76,13 +76,13 @@ impl Tensor {
         // Per outer index, each part contributes one contiguous block.
         let blocks: Vec<usize> = parts.iter().map(|p| p.numel() / outer.max(1)).collect();
         let mut out = crate::pool::take(dims.iter().product());
-        let mut pos = 0;
-        for o in 0..outer {
+        for_each_row(&mut out, blocks.iter().sum(), |o, row| {
+            let mut pos = 0;
             for (p, &len) in parts.iter().zip(&blocks) {
-                out[pos..pos + len].copy_from_slice(&p.as_slice()[o * len..(o + 1) * len]);
+                row[pos..pos + len].copy_from_slice(&p.as_slice()[o * len..(o + 1) * len]);
                 pos += len;
             }
-        }
+        });
         Ok(Tensor::from_parts(out, Shape::new(dims)))
     }
 
@@ -103,10 +103,38 @@ impl Tensor {
         let src = self.as_slice();
         let block = len * inner;
         let mut out = crate::pool::take(outer * block);
-        for (o, dst) in out.chunks_mut(block.max(1)).enumerate().take(outer) {
+        for_each_row(&mut out, block, |o, dst| {
             let base = (o * extent + start) * inner;
             dst.copy_from_slice(&src[base..base + block]);
+        });
+        Ok(Tensor::from_parts(out, Shape::new(dims)))
+    }
+
+    /// The gradient of [`Tensor::narrow`]: self (the slice's gradient) put back
+    /// at `start..` along `axis`, whose full extent is `extent`, and zero around
+    /// it; each element written once.
+    pub fn narrow_backward(&self, axis: usize, start: usize, extent: usize) -> Result<Tensor> {
+        self.shape().check_axis("narrow_backward", axis)?;
+        let len = self.dims()[axis];
+        if start + len > extent {
+            return Err(TensorError::invalid(
+                "narrow_backward",
+                format!("{start}..{} is outside an axis of extent {extent}", start + len),
+            ));
         }
+        let inner: usize = self.dims()[axis + 1..].iter().product();
+        let mut dims = self.dims().to_vec();
+        dims[axis] = extent;
+        let src = self.as_slice();
+        let (before, block) = (start * inner, len * inner);
+        let mut out = crate::pool::take(dims.iter().product());
+        for_each_row(&mut out, extent * inner, |o, row| {
+            let (head, rest) = row.split_at_mut(before);
+            let (middle, tail) = rest.split_at_mut(block);
+            head.fill(0.0);
+            middle.copy_from_slice(&src[o * block..(o + 1) * block]);
+            tail.fill(0.0);
+        });
         Ok(Tensor::from_parts(out, Shape::new(dims)))
     }
 
@@ -167,6 +195,31 @@ mod tests {
         assert_eq!(parts[0].to_vec(), a.to_vec());
         assert_eq!(parts[1].to_vec(), b.to_vec());
         assert!(Tensor::concat(&[&a, &arange(&[3, 1, 2])], 1).is_err());
+    }
+
+    #[test]
+    fn narrow_backward_puts_the_slice_back_among_zeros() {
+        // Large enough to run in parallel, and small: each along every axis.
+        for dims in [[2usize, 3, 4], [64, 12, 49]] {
+            let x = arange(&dims);
+            for axis in 0..3 {
+                let extent = dims[axis];
+                let (start, len) = (extent / 3, extent - extent / 3 - extent / 4);
+                let slice = x.narrow(axis, start, len).unwrap();
+                // A stale buffer in the pool, so that zeros must be written, not inherited.
+                crate::pool::give(vec![7.0; x.numel()]);
+                let back = slice.narrow_backward(axis, start, extent).unwrap();
+                assert_eq!(back.dims(), x.dims());
+                // Inside the slice: x's elements; outside: zeros.
+                let inside = x.narrow(axis, start, len).unwrap();
+                assert_eq!(back.narrow(axis, start, len).unwrap().to_vec(), inside.to_vec());
+                let zeros_before = back.narrow(axis, 0, start).unwrap();
+                let zeros_after = back.narrow(axis, start + len, extent - start - len).unwrap();
+                assert!(zeros_before.to_vec().iter().chain(&zeros_after.to_vec()).all(|&v| v == 0.0));
+            }
+        }
+        assert!(arange(&[2, 3]).narrow_backward(1, 1, 3).is_err());
+        assert!(arange(&[2, 3]).narrow_backward(2, 0, 3).is_err());
     }
 
     #[test]
