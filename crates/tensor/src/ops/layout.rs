@@ -202,8 +202,7 @@ mod tests {
         // Large enough to run in parallel, and small: each along every axis.
         for dims in [[2usize, 3, 4], [64, 12, 49]] {
             let x = arange(&dims);
-            for axis in 0..3 {
-                let extent = dims[axis];
+            for (axis, &extent) in dims.iter().enumerate() {
                 let (start, len) = (extent / 3, extent - extent / 3 - extent / 4);
                 let slice = x.narrow(axis, start, len).unwrap();
                 // A stale buffer in the pool, so that zeros must be written, not inherited.
