@@ -134,6 +134,7 @@ impl Direct {
             pool::give(x_side);
             pool::give(y_side);
         });
+        pool::give(packed);
         y
     }
 
