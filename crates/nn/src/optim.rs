@@ -10,6 +10,7 @@
 //! the slices in place: no temporary tensor is made per step.
 
 use ddpm_autograd::{Gradients, Result, Tensor, TensorError, Var};
+use rayon::prelude::*;
 
 /// Adam's hyperparameters, named as in Kingma & Ba (2015), Algorithm 1:
 /// `lr` is alpha, `beta1` and `beta2` the decay rates of the two moment
@@ -140,23 +141,29 @@ impl Adam {
 
         for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
             let Some(g) = grads.get(p) else { continue };
-            // The parameter's buffer is shared with the Var, so this write
-            // copies it once; the copy then replaces the Var's value.
-            let mut theta = p.value();
-            let theta_slice = theta.as_mut_slice();
-            let m_slice = m.as_mut_slice();
-            let v_slice = v.as_mut_slice();
-            for (((theta, m), v), &g) in theta_slice.iter_mut().zip(m_slice).zip(v_slice).zip(g.as_slice()) {
-                // m_t = b1 m_{t-1} + (1 - b1) g_t
-                *m = b1 * *m + (1.0 - b1) * g;
-                // v_t = b2 v_{t-1} + (1 - b2) g_t^2
-                *v = b2 * *v + (1.0 - b2) * (g * g);
-                // sqrt(vhat_t) + eps, with vhat_t = v_t / (1 - b2^t)
-                let denom = v.sqrt() / bias_correction2_sqrt + eps;
-                // theta_t = theta_{t-1} - alpha mhat_t / (sqrt(vhat_t) + eps)
-                *theta -= step_size * (*m / denom);
-            }
-            p.set_value(theta);
+            // The parameter's buffer is shared with the Var: the new values go
+            // to a fresh buffer, which then replaces the Var's value.
+            let theta = p.value();
+            let mut next = ddpm_tensor::pool::take(theta.numel());
+            // Element by element, so the split across threads changes no value.
+            next.par_chunks_mut(CHUNK)
+                .zip(theta.as_slice().par_chunks(CHUNK))
+                .zip(m.as_mut_slice().par_chunks_mut(CHUNK))
+                .zip(v.as_mut_slice().par_chunks_mut(CHUNK))
+                .zip(g.as_slice().par_chunks(CHUNK))
+                .for_each(|((((next, theta), m), v), g)| {
+                    for ((((next, &theta), m), v), &g) in next.iter_mut().zip(theta).zip(m).zip(v).zip(g) {
+                        // m_t = b1 m_{t-1} + (1 - b1) g_t
+                        *m = b1 * *m + (1.0 - b1) * g;
+                        // v_t = b2 v_{t-1} + (1 - b2) g_t^2
+                        *v = b2 * *v + (1.0 - b2) * (g * g);
+                        // sqrt(vhat_t) + eps, with vhat_t = v_t / (1 - b2^t)
+                        let denom = v.sqrt() / bias_correction2_sqrt + eps;
+                        // theta_t = theta_{t-1} - alpha mhat_t / (sqrt(vhat_t) + eps)
+                        *next = theta - step_size * (*m / denom);
+                    }
+                });
+            p.set_value(Tensor::from_vec(next, theta.shape().clone())?);
         }
         Ok(())
     }
@@ -182,8 +189,7 @@ impl Adam {
 /// non-finite too, as in PyTorch; the caller sees it in the returned norm and
 /// should skip the step.
 pub fn clip_grad_norm(params: &[Var], grads: &mut Gradients, max_norm: f32) -> f32 {
-    let sum_of_squares: f64 =
-        params.iter().filter_map(|p| grads.get(p)).flat_map(|g| g.as_slice()).map(|&x| (x as f64) * (x as f64)).sum();
+    let sum_of_squares: f64 = params.iter().filter_map(|p| grads.get(p)).map(|g| sum_of_squares(g.as_slice())).sum();
     let total_norm = sum_of_squares.sqrt() as f32;
     let clip_coef = max_norm / (total_norm + 1e-6);
     // min(1, coef): a coefficient of 1 changes nothing, so only a smaller one
@@ -191,11 +197,33 @@ pub fn clip_grad_norm(params: &[Var], grads: &mut Gradients, max_norm: f32) -> f
     if clip_coef < 1.0 || clip_coef.is_nan() {
         for p in params {
             if let Some(g) = grads.get_mut(p) {
-                g.as_mut_slice().iter_mut().for_each(|x| *x *= clip_coef);
+                g.as_mut_slice().par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= clip_coef));
             }
         }
     }
     total_norm
+}
+
+/// Elements a parallel task of the optimiser handles.
+const CHUNK: usize = 1 << 14;
+
+/// The sum of x^2 in f64, in a fixed order whatever the number of threads:
+/// chunks of [`CHUNK`] summed in parallel, each in 8 interleaved partial sums
+/// (which the compiler keeps in vector lanes), then the chunks' sums in order.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let chunk_sum = |c: &[f32]| {
+        let mut lanes = [0.0f64; 8];
+        let mut eights = c.chunks_exact(8);
+        for e in &mut eights {
+            for (acc, &v) in lanes.iter_mut().zip(e) {
+                *acc += f64::from(v) * f64::from(v);
+            }
+        }
+        let tail: f64 = eights.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        lanes.iter().sum::<f64>() + tail
+    };
+    let sums: Vec<f64> = x.par_chunks(CHUNK).map(chunk_sum).collect();
+    sums.iter().sum()
 }
 
 /// The EMA's decay after `updates` updates: min(decay, (1 + n) / (10 + n)),
@@ -308,4 +336,22 @@ fn check_same_shapes(op: &'static str, what: &str, expected: &[Tensor], given: &
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parallel_sum_of_squares_is_the_plain_one_and_does_not_depend_on_threads() {
+        // Several chunks and a ragged tail; values of very different sizes.
+        let x: Vec<f32> =
+            (0..3 * CHUNK + 13).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5 + (i % 3) as f32 * 40.0).collect();
+        let plain: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let parallel = sum_of_squares(&x);
+        assert!((parallel - plain).abs() <= 1e-12 * plain, "{parallel} vs {plain}");
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert_eq!(one_thread.install(|| sum_of_squares(&x)), parallel);
+        assert_eq!(sum_of_squares(&[]), 0.0);
+    }
 }
