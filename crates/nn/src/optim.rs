@@ -290,11 +290,14 @@ impl Ema {
         check_same_shapes("Ema::update", "parameter", &self.shadow, &values)?;
         let d = self.current_decay();
         for (shadow, theta) in self.shadow.iter_mut().zip(&values) {
-            for (s, &theta) in shadow.as_mut_slice().iter_mut().zip(theta.as_slice()) {
-                // d s + (1 - d) theta, written as s + (1 - d)(theta - s): the
-                // same average, and a shadow equal to theta stays exactly equal.
-                *s += (1.0 - d) * (theta - *s);
-            }
+            let chunks = shadow.as_mut_slice().par_chunks_mut(CHUNK).zip(theta.as_slice().par_chunks(CHUNK));
+            chunks.for_each(|(shadow, theta)| {
+                for (s, &theta) in shadow.iter_mut().zip(theta) {
+                    // d s + (1 - d) theta, written as s + (1 - d)(theta - s): the
+                    // same average, and a shadow equal to theta stays exactly equal.
+                    *s += (1.0 - d) * (theta - *s);
+                }
+            });
         }
         self.num_updates += 1;
         Ok(())
