@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc for everything the tensor pool does not
+/// keep (graph nodes, small tensors, scratch): the `small` train step ran 5%
+/// faster with it (84.4 against 80.4 images/s, five alternating runs each).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod device;
 mod download;
