@@ -9,7 +9,8 @@
 use std::collections::HashMap;
 
 use ddpm_tensor::ops::{
-    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_weight, group_norm_backward, group_norm_silu_backward,
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_shift, conv2d_backward_weight, group_norm_backward,
+    group_norm_silu_backward,
 };
 use ddpm_tensor::{Result, Tensor, TensorError};
 
@@ -116,7 +117,9 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         }
         // y = conv(x, w) + b: dx is the transposed convolution of g with w,
         // dw correlates x with g, db sums g over N, Ho, Wo (formulas in ddpm_tensor::ops::conv2d).
-        Conv2d { x: xv, weight, bias, params } => {
+        // A shift [N, K] is a bias per sample: its gradient sums g over each
+        // sample's positions; a residual passes g through unchanged.
+        Conv2d { x: xv, weight, bias, shift, residual, params } => {
             let w = weight.value();
             let mut grads = vec![
                 want(xv, &|| conv2d_backward_input(g, &w, &xv.shape(), *params))?,
@@ -124,6 +127,12 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             ];
             if let Some(b) = bias {
                 grads.push(want(b, &|| conv2d_backward_bias(g))?);
+            }
+            if let Some(s) = shift {
+                grads.push(want(s, &|| conv2d_backward_shift(g))?);
+            }
+            if let Some(r) = residual {
+                grads.push(r.requires_grad().then(|| g.clone()));
             }
             grads
         }

@@ -38,11 +38,15 @@ pub enum Op {
     MatmulNt(Var, Var),
     MatmulTn(Var, Var),
     // The U-Net's layer primitives, each a fused kernel with a fused backward.
-    /// conv2d(x; weight, bias) for x [N, C, H, W], weight [K, C, R, S], bias [K].
+    /// conv2d(x; weight, bias) for x [N, C, H, W], weight [K, C, R, S], bias [K],
+    /// plus shift [N, K] (per sample and channel) and a residual of y's shape,
+    /// both added as y is written.
     Conv2d {
         x: Var,
         weight: Var,
         bias: Option<Var>,
+        shift: Option<Var>,
+        residual: Option<Var>,
         params: Conv2dParams,
     },
     /// GroupNorm(x; gamma, beta) with its saved per-group mean and 1/std.
@@ -99,7 +103,12 @@ impl Op {
             }
             Upsample2x(a) | MaxPool2x2(a) | Embedding(a, _) | Dropout(a, ..) => vec![a],
             GroupNorm { x, gamma, beta, .. } | GroupNormSilu { x, gamma, beta, .. } => vec![x, gamma, beta],
-            Conv2d { x, weight, bias, .. } => [Some(x), Some(weight), bias.as_ref()].into_iter().flatten().collect(),
+            Conv2d { x, weight, bias, shift, residual, .. } => {
+                [Some(x), Some(weight), bias.as_ref(), shift.as_ref(), residual.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            }
             Concat(parts, _) => parts.iter().collect(),
         }
     }

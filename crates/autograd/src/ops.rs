@@ -171,10 +171,24 @@ impl Var {
 
     /// A 2-D convolution: x [N, C, H, W], weight [K, C, R, S], bias [K] -> [N, K, Ho, Wo].
     pub fn conv2d(&self, weight: &Var, bias: Option<&Var>, params: Conv2dParams) -> Result<Var> {
+        self.conv2d_add(weight, bias, None, None, params)
+    }
+
+    /// conv2d + shift [N, K] (per sample and output channel) + residual (the
+    /// output's shape), the adds done as the output is written.
+    pub fn conv2d_add(
+        &self,
+        weight: &Var,
+        bias: Option<&Var>,
+        shift: Option<&Var>,
+        residual: Option<&Var>,
+        params: Conv2dParams,
+    ) -> Result<Var> {
         let _timer = profile::scope("conv2d", Pass::Forward);
-        let b = bias.map(|b| b.value());
-        let y = self.value().conv2d(&weight.value(), b.as_ref(), params)?;
-        let op = Op::Conv2d { x: self.clone(), weight: weight.clone(), bias: bias.cloned(), params };
+        let [b, s, r] = [bias, shift, residual].map(|v| v.map(Var::value));
+        let y = self.value().conv2d_add(&weight.value(), b.as_ref(), s.as_ref(), r.as_ref(), params)?;
+        let (bias, shift, residual) = (bias.cloned(), shift.cloned(), residual.cloned());
+        let op = Op::Conv2d { x: self.clone(), weight: weight.clone(), bias, shift, residual, params };
         Ok(Var::from_op(y, op))
     }
 

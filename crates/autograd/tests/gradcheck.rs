@@ -283,6 +283,13 @@ fn conv2d_all_configurations_of_the_unet() {
         let w = randn(&[4, 3, kernel, kernel], 61);
         let b = randn(&[4], 62);
         check(&[x.clone(), w.clone(), b], |v| v[0].conv2d(&v[1], Some(&v[2]), p));
-        check(&[x, w], |v| v[0].conv2d(&v[1], None, p));
+        check(&[x.clone(), w.clone()], |v| v[0].conv2d(&v[1], None, p));
+        // + shift [N, K] broadcast over the positions (its gradient: g summed
+        // over each sample's positions) + residual (its gradient: g itself).
+        let y_dims = x.conv2d(&w, None, p).unwrap().dims().to_vec();
+        let (shift, residual) = (randn(&[2, 4], 63), randn(&y_dims, 64));
+        check(&[x, w, randn(&[4], 65), shift, residual], |v| {
+            v[0].conv2d_add(&v[1], Some(&v[2]), Some(&v[3]), Some(&v[4]), p)
+        });
     }
 }

@@ -27,6 +27,12 @@ impl Conv2d {
     pub fn forward(&self, x: &Var) -> Result<Var> {
         x.conv2d(&self.weight, Some(&self.bias), self.params)
     }
+
+    /// forward(x) + shift [N, K] (broadcast over the positions) + residual (the
+    /// output's shape), the adds fused into the convolution's output pass.
+    pub fn forward_add(&self, x: &Var, shift: Option<&Var>, residual: Option<&Var>) -> Result<Var> {
+        x.conv2d_add(&self.weight, Some(&self.bias), shift, residual, self.params)
+    }
 }
 
 impl Module for Conv2d {

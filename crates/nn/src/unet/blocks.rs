@@ -35,15 +35,17 @@ impl ResBlock {
 
     /// x [N, Cin, H, W], temb [N, TEMB] -> [N, Cout, H, W].
     pub fn forward(&self, x: &Var, temb: &Var, mode: &mut Mode) -> Result<Var> {
-        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        // h = conv1(silu(norm1(x))) + temb_proj(silu(temb)) [N, Cout] broadcast
+        // over the positions: the add happens as conv1 writes h.
         let t = self.temb_proj.forward(&temb.silu())?;
-        let [n, c] = t.dims()[..] else { unreachable!("a linear layer's output is [N, C]") };
-        let h = h.add(&t.reshape([n, c, 1, 1])?)?;
-        let h = self.conv2.forward(&dropout(&self.norm2.forward_silu(&h)?, self.dropout, mode)?)?;
-        match &self.skip {
-            Some(skip) => skip.forward(x)?.add(&h),
-            None => x.add(&h),
-        }
+        let h = self.conv1.forward_add(&self.norm1.forward_silu(x)?, Some(&t), None)?;
+        let h = dropout(&self.norm2.forward_silu(&h)?, self.dropout, mode)?;
+        // skip(x) + conv2(h), the sum again made as conv2 writes its output.
+        let skip = match &self.skip {
+            Some(skip) => skip.forward(x)?,
+            None => x.clone(),
+        };
+        self.conv2.forward_add(&h, None, Some(&skip))
     }
 }
 
@@ -88,7 +90,7 @@ impl AttnBlock {
         let att = q.matmul_tn(&k)?.scale(1.0 / (c as f32).sqrt()).softmax()?;
         // v att^T: [N, C, HW] x [N, HW, HW]^T -> [N, C, HW].
         let out = v.matmul_nt(&att)?.reshape([n, c, h, w])?;
-        x.add(&self.proj.forward(&out)?)
+        self.proj.forward_add(&out, None, Some(x))
     }
 }
 

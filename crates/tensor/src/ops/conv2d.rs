@@ -59,7 +59,14 @@ mod direct {
         pub(super) fn has_weight_grad(_: &super::Geometry) -> bool {
             false
         }
-        pub(super) fn forward(&self, _: &super::Geometry, _: &[f32], _: &[f32], _: Option<&[f32]>) -> Vec<f32> {
+        pub(super) fn forward(
+            &self,
+            _: &super::Geometry,
+            _: &[f32],
+            _: &[f32],
+            _: Option<&[f32]>,
+            _: super::Addends,
+        ) -> Vec<f32> {
             unreachable!("no direct convolution is made off x86-64")
         }
         pub(super) fn weight_grad(&self, _: &super::Geometry, _: &[f32], _: &[f32]) -> Vec<f32> {
@@ -377,13 +384,53 @@ fn side_by_side(samples: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
 }
 
 /// The inverse of [`side_by_side`], adding bias[i] (when there is one) to row i of
-/// every sample: samples [count, rows, cols] from m [rows, count*cols].
-fn split_side_by_side(m: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>, samples: &mut [f32]) {
+/// every sample, and the addends of `add` (which start at the first of these
+/// samples): samples [count, rows, cols] from m [rows, count*cols].
+fn split_side_by_side(m: &[f32], rows: usize, cols: usize, bias: Option<&[f32]>, add: Addends, samples: &mut [f32]) {
     let width = m.len() / rows;
     for (j, sample) in samples.chunks_exact_mut(rows * cols).enumerate() {
         for (i, (dst, src)) in sample.chunks_exact_mut(cols).zip(m.chunks_exact(width)).enumerate() {
-            let b = bias.map_or(0.0, |b| b[i]);
-            dst.iter_mut().zip(&src[j * cols..(j + 1) * cols]).for_each(|(d, &v)| *d = v + b);
+            let b = bias.map_or(0.0, |b| b[i]) + add.shift.map_or(0.0, |s| s[j * rows + i]);
+            let src = &src[j * cols..(j + 1) * cols];
+            match add.residual {
+                Some(r) => {
+                    let r = &r[(j * rows + i) * cols..(j * rows + i + 1) * cols];
+                    dst.iter_mut().zip(src).zip(r).for_each(|((d, &v), &r)| *d = v + b + r);
+                }
+                None => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + b),
+            }
+        }
+    }
+}
+
+/// What a convolution adds to its output besides the bias, in the pass that
+/// writes it (the U-Net's "+ time embedding" after a ResBlock's first
+/// convolution and "+ skip" after its second):
+///
+///   y[n, k, q] = conv(x, w)[n, k, q] + bias[k] + shift[n, k] + residual[n, k, q].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Addends<'a> {
+    /// [N, K]: one value per sample and output channel.
+    pub(crate) shift: Option<&'a [f32]>,
+    /// [N, K, Ho, Wo], the output's own shape.
+    pub(crate) residual: Option<&'a [f32]>,
+}
+
+impl<'a> Addends<'a> {
+    /// The addends of samples `samples` (each slice starts at the first of them).
+    fn of(&self, g: &Geometry, samples: Range<usize>) -> Addends<'a> {
+        Addends {
+            shift: self.shift.map(|s| &s[samples.start * g.k..samples.end * g.k]),
+            residual: self.residual.map(|r| &r[samples.start * g.output_len()..samples.end * g.output_len()]),
+        }
+    }
+
+    /// bias[k] + shift[n, k] for one sample (the slice's first): the per-channel
+    /// value a kernel adds to every output of that sample.
+    fn sample_bias(&self, bias: Option<&[f32]>, k: usize) -> Option<Vec<f32>> {
+        match (bias, self.shift) {
+            (None, None) => None,
+            (b, s) => Some((0..k).map(|i| b.map_or(0.0, |b| b[i]) + s.map_or(0.0, |s| s[i])).collect()),
         }
     }
 }
@@ -536,13 +583,34 @@ impl Tensor {
     /// 2-D convolution: x `[N, C, H, W]`, weight `[K, C, R, S]`, bias `[K]` -> y `[N, K, Ho, Wo]`,
     /// Ho = (H + 2P - R) / stride + 1. Same numbers as `torch.nn.functional.conv2d`.
     pub fn conv2d(&self, weight: &Tensor, bias: Option<&Tensor>, p: Conv2dParams) -> Result<Tensor> {
+        self.conv2d_add(weight, bias, None, None, p)
+    }
+
+    /// conv2d(x, weight) + bias, plus `shift` `[N, K]` (one value per sample and
+    /// output channel, broadcast over the positions) and `residual` (y's own
+    /// shape), added as the output is written rather than in passes of their own.
+    pub fn conv2d_add(
+        &self,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        shift: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        p: Conv2dParams,
+    ) -> Result<Tensor> {
         let g = Geometry::new("conv2d", self.shape(), weight.shape(), p)?;
         if let Some(b) = bias {
             check_bias("conv2d", b, g.k)?;
         }
+        if let Some(s) = shift {
+            s.expect_shape("conv2d shift", &Shape::new([g.n, g.k]))?;
+        }
+        if let Some(r) = residual {
+            r.expect_shape("conv2d residual", &g.output_shape())?;
+        }
         let (x, w, bias) = (self.as_slice(), weight.as_slice(), bias.map(Tensor::as_slice));
+        let add = Addends { shift: shift.map(Tensor::as_slice), residual: residual.map(Tensor::as_slice) };
         if let Some(direct) = direct::Direct::new(&g) {
-            return Ok(Tensor::from_parts(direct.forward(&g, x, w, bias), g.output_shape()));
+            return Ok(Tensor::from_parts(direct.forward(&g, x, w, bias, add), g.output_shape()));
         }
         // Every element is written: by the bias fill and GEMM, or by the side-by-side split.
         let mut y = pool::take(g.n * g.output_len());
@@ -555,23 +623,34 @@ impl Tensor {
             for (group, y_group) in plan.groups(run).zip(y_run.chunks_mut(plan.group * g.output_len())) {
                 let columns = group.len() * g.positions();
                 let cols = group_cols(&g, x, group.clone(), &mut scratch.cols);
+                let add = add.of(&g, group.clone());
                 if group.len() == 1 {
-                    // y_n starts as the bias, broadcast along each row, and the GEMM adds onto it.
-                    let beta = match bias {
-                        Some(b) => {
-                            y_group.chunks_exact_mut(g.positions()).zip(b).for_each(|(row, &b_k)| row.fill(b_k));
+                    // y_n starts as bias + shift, broadcast along each row, plus the
+                    // residual; the GEMM adds onto it.
+                    let sample_bias = add.sample_bias(bias, g.k);
+                    let rows = y_group.chunks_exact_mut(g.positions()).enumerate();
+                    let beta = match (&sample_bias, add.residual) {
+                        (None, None) => 0.0,
+                        (b, None) => {
+                            rows.for_each(|(k, row)| row.fill(b.as_ref().map_or(0.0, |b| b[k])));
                             1.0
                         }
-                        None => 0.0,
+                        (b, Some(r)) => {
+                            for ((k, row), r) in rows.zip(r.chunks_exact(g.positions())) {
+                                let b_k = b.as_ref().map_or(0.0, |b| b[k]);
+                                row.iter_mut().zip(r).for_each(|(y, &r)| *y = b_k + r);
+                            }
+                            1.0
+                        }
                     };
                     // y_n [K, Ho*Wo] = weight [K, C*R*S] cols [C*R*S, Ho*Wo]
                     (plan.gemm)(g.k, g.patch(), columns, w, Transpose::No, cols, Transpose::No, beta, y_group);
                 } else {
                     // The same product for the whole group, y_side [K, group*Ho*Wo]; then each
-                    // sample's columns go to its own y_n, plus the bias.
+                    // sample's columns go to its own y_n, plus the bias and addends.
                     let y_side = &mut scratch.side[..g.k * columns];
                     (plan.gemm)(g.k, g.patch(), columns, w, Transpose::No, cols, Transpose::No, 0.0, y_side);
-                    split_side_by_side(y_side, g.k, g.positions(), bias, y_group);
+                    split_side_by_side(y_side, g.k, g.positions(), bias, add, y_group);
                 }
             }
         });
@@ -673,32 +752,37 @@ pub fn conv2d_backward_weight(input: &Tensor, d_out: &Tensor, weight_shape: &Sha
 /// d_bias `[K]` = d_out `[N, K, Ho, Wo]` summed over N, Ho and Wo (each `bias[k]` is added
 /// to every output of channel k).
 pub fn conv2d_backward_bias(d_out: &Tensor) -> Result<Tensor> {
-    let &[_, k, ho, wo] = d_out.dims() else {
+    let (k, per_sample) = sums_per_sample_and_channel("conv2d_backward_bias", d_out)?;
+    let mut d_b = vec![0.0f64; k];
+    for sums in &per_sample {
+        d_b.iter_mut().zip(sums).for_each(|(d, s)| *d += s);
+    }
+    Ok(Tensor::from_parts(d_b.into_iter().map(|v| v as f32).collect(), Shape::new([k])))
+}
+
+/// d_shift `[N, K]` = d_out `[N, K, Ho, Wo]` summed over Ho and Wo: the gradient of
+/// [`Tensor::conv2d_add`]'s shift, which is added to every output of its sample and channel.
+pub fn conv2d_backward_shift(d_out: &Tensor) -> Result<Tensor> {
+    let (k, per_sample) = sums_per_sample_and_channel("conv2d_backward_shift", d_out)?;
+    let n = per_sample.len();
+    Ok(Tensor::from_parts(per_sample.into_iter().flatten().map(|v| v as f32).collect(), Shape::new([n, k])))
+}
+
+/// K, and for each sample the sum of each channel's plane of d_out [N, K, Ho, Wo]
+/// (in f64, one sample per task).
+fn sums_per_sample_and_channel(op: &'static str, d_out: &Tensor) -> Result<(usize, Vec<Vec<f64>>)> {
+    let &[n, k, ho, wo] = d_out.dims() else {
         return Err(TensorError::invalid(
-            "conv2d_backward_bias",
+            op,
             format!("d_out must have rank 4 [N, K, Ho, Wo], got shape {}", d_out.shape()),
         ));
     };
-    // One partial sum per sample, in parallel, then added up.
-    let per_sample = |sample: &[f32]| -> Vec<f64> {
-        let mut d_b = vec![0.0f64; k];
-        if ho * wo > 0 {
-            for (d, plane) in d_b.iter_mut().zip(sample.chunks_exact(ho * wo)) {
-                *d += sum_f32(plane) as f64;
-            }
-        }
-        d_b
-    };
-    let add = |mut a: Vec<f64>, b: Vec<f64>| {
-        a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-        a
-    };
-    let d_b = if k * ho * wo == 0 {
-        vec![0.0f64; k]
-    } else {
-        d_out.as_slice().par_chunks_exact(k * ho * wo).map(per_sample).reduce(|| vec![0.0f64; k], add)
-    };
-    Ok(Tensor::from_parts(d_b.into_iter().map(|v| v as f32).collect(), Shape::new([k])))
+    if k * ho * wo == 0 {
+        return Ok((k, vec![vec![0.0f64; k]; n]));
+    }
+    let per_sample =
+        |sample: &[f32]| -> Vec<f64> { sample.chunks_exact(ho * wo).map(|plane| sum_f32(plane) as f64).collect() };
+    Ok((k, d_out.as_slice().par_chunks_exact(k * ho * wo).map(per_sample).collect()))
 }
 
 /// Every term of the defining sum of a convolution,
@@ -942,6 +1026,66 @@ mod tests {
             Case { n: 2, c: 1, k: 2, h: 1, w: 2, r: 3, s: 3, stride: 2, pad: 2, bias: false },
         ];
         check_cases(&cases, 200);
+    }
+
+    #[test]
+    fn the_fused_adds_are_the_adds() {
+        // conv2d_add(x, w, b, shift, residual) = conv2d(x, w, b) + shift[n, k] + residual,
+        // on every path: direct with one sample a row (28x28) and side by side
+        // (7x7), 1x1, and im2col + GEMM (stride 2, and a 5x5 kernel).
+        let cases = [
+            (3, 8, 12, 28, 3, 1, 1),
+            (20, 16, 8, 7, 3, 1, 1),
+            (5, 16, 24, 7, 1, 1, 0),
+            (4, 6, 10, 9, 3, 2, 1),
+            (3, 4, 5, 6, 5, 1, 2),
+        ];
+        let mut rng = StdRng::seed_from_u64(41);
+        for (n, c, k, hw, r, stride, pad) in cases {
+            let p = params(stride, pad);
+            let x = Tensor::randn([n, c, hw, hw], &mut rng);
+            let w = Tensor::randn([k, c, r, r], &mut rng);
+            let b = Tensor::randn([k], &mut rng);
+            let plain = x.conv2d(&w, Some(&b), p).unwrap();
+            let shift = Tensor::randn([n, k], &mut rng);
+            let residual = Tensor::randn(plain.shape().clone(), &mut rng);
+            let positions = plain.numel() / (n * k);
+            let expected: Vec<f32> = (0..plain.numel())
+                .map(|i| plain.as_slice()[i] + shift.as_slice()[i / positions] + residual.as_slice()[i])
+                .collect();
+            let expected = Tensor::from_vec(expected, plain.shape().clone()).unwrap();
+            for (s, res) in [(Some(&shift), Some(&residual)), (Some(&shift), None), (None, Some(&residual))] {
+                let fused = x.conv2d_add(&w, Some(&b), s, res, p).unwrap();
+                let want = match (s, res) {
+                    (Some(_), Some(_)) => expected.clone(),
+                    (Some(_), None) => expected.sub(&residual).unwrap(),
+                    _ => plain.add(&residual).unwrap(),
+                };
+                let scale = 1.0 + want.as_slice().iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let err = fused.max_abs_diff(&want).unwrap();
+                assert!(err <= 1e-5 * scale, "n {n} c {c} k {k} {hw}x{hw} r {r} stride {stride}: {err}");
+            }
+            // Without a bias, the shift alone is the per-sample bias.
+            let no_bias = x.conv2d_add(&w, None, Some(&shift), None, p).unwrap();
+            let want = x.conv2d(&w, None, p).unwrap();
+            let want: Vec<f32> =
+                want.as_slice().iter().enumerate().map(|(i, v)| v + shift.as_slice()[i / positions]).collect();
+            assert!(no_bias.max_abs_diff(&Tensor::from_vec(want, plain.shape().clone()).unwrap()).unwrap() < 1e-4);
+            // Misshaped addends are refused.
+            assert!(x.conv2d_add(&w, Some(&b), Some(&Tensor::zeros([n, k + 1])), None, p).is_err());
+            assert!(x.conv2d_add(&w, Some(&b), None, Some(&Tensor::zeros([n, k, 1, 1])), p).is_err());
+        }
+    }
+
+    #[test]
+    fn the_shift_gradient_sums_each_samples_positions() {
+        let d_out = Tensor::from_vec((0..2 * 3 * 4).map(|v| v as f32).collect(), [2, 3, 2, 2]).unwrap();
+        // Sample 0: channels 0..3 hold 0..4, 4..8, 8..12; sample 1 continues from 12.
+        let d_shift = conv2d_backward_shift(&d_out).unwrap();
+        assert_eq!(d_shift.dims(), &[2, 3]);
+        assert_eq!(d_shift.to_vec(), vec![6., 22., 38., 54., 70., 86.]);
+        assert_eq!(conv2d_backward_bias(&d_out).unwrap().to_vec(), vec![60., 92., 124.]);
+        assert!(conv2d_backward_shift(&Tensor::zeros([2, 3])).is_err());
     }
 
     #[test]

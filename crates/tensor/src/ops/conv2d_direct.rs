@@ -53,7 +53,7 @@
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{flat_shift, side_by_side, split_side_by_side, sum_partials, Geometry, Plan};
+use super::{flat_shift, side_by_side, split_side_by_side, sum_partials, Addends, Geometry, Plan};
 use crate::pool;
 
 /// Positions in one vector register.
@@ -105,8 +105,8 @@ impl Direct {
         Some(Direct { isa, group })
     }
 
-    /// y = conv2d(x, w) + bias, [N, K, H, W].
-    pub(super) fn forward(&self, g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    /// y = conv2d(x, w) + bias + the addends, [N, K, H, W].
+    pub(super) fn forward(&self, g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, add: Addends) -> Vec<f32> {
         let plane = g.h * g.w;
         let packed = pack_forward_weights(g, w);
         let mut y = pool::take(g.n * g.output_len());
@@ -116,8 +116,12 @@ impl Direct {
             if self.group == 1 {
                 let x_run = &x[run.start * g.input_len()..run.end * g.input_len()];
                 let m = masks.get(g, plane);
-                for (x_n, y_n) in x_run.chunks_exact(g.input_len()).zip(y_run.chunks_exact_mut(g.output_len())) {
-                    forward_row(self.isa, g, m, x_n, plane, &packed, bias, y_n);
+                let samples = x_run.chunks_exact(g.input_len()).zip(y_run.chunks_exact_mut(g.output_len()));
+                for (n, (x_n, y_n)) in run.clone().zip(samples) {
+                    let add = add.of(g, n..n + 1);
+                    let sample_bias = add.sample_bias(bias, g.k);
+                    let ends = Ends { bias: sample_bias.as_deref().or(bias), residual: add.residual };
+                    forward_row(self.isa, g, m, x_n, plane, &packed, ends, y_n);
                 }
                 return;
             }
@@ -128,8 +132,8 @@ impl Direct {
                 let len = group.len() * plane;
                 let (x_side, y_side) = (&mut x_side[..g.c * len], &mut y_side[..g.k * len]);
                 side_by_side(&x[group.start * g.input_len()..group.end * g.input_len()], g.c, plane, x_side);
-                forward_row(self.isa, g, masks.get(g, len), x_side, len, &packed, None, y_side);
-                split_side_by_side(y_side, g.k, plane, bias, y_group);
+                forward_row(self.isa, g, masks.get(g, len), x_side, len, &packed, Ends::default(), y_side);
+                split_side_by_side(y_side, g.k, plane, bias, add.of(g, group), y_group);
             }
             pool::give(x_side);
             pool::give(y_side);
@@ -311,7 +315,15 @@ fn tail_mask(len: usize, v: usize) -> u16 {
     }
 }
 
-/// y [K, len] = conv(x [C, len]) (+ bias), for one row of whole samples.
+/// What a forward row adds to the convolution as it stores it: a value per
+/// output channel, and a residual of y's shape.
+#[derive(Default, Clone, Copy)]
+struct Ends<'a> {
+    bias: Option<&'a [f32]>,
+    residual: Option<&'a [f32]>,
+}
+
+/// y [K, len] = conv(x [C, len]) (+ bias, + residual), for one row of whole samples.
 #[allow(clippy::too_many_arguments)]
 fn forward_row(
     isa: Avx512,
@@ -320,11 +332,13 @@ fn forward_row(
     x: &[f32],
     len: usize,
     packed: &[f32],
-    bias: Option<&[f32]>,
+    ends: Ends,
     y: &mut [f32],
 ) {
     let taps = masks.taps;
+    let Ends { bias, residual } = ends;
     assert!(taps == g.r * g.s && masks.len == len && x.len() == g.c * len && y.len() == g.k * len);
+    assert!(bias.is_none_or(|b| b.len() >= g.k) && residual.is_none_or(|r| r.len() == y.len()));
     assert!(packed.len() == padded_k(g) * g.c * taps);
     let _ = isa;
     let vectors = masks.vectors();
@@ -333,12 +347,15 @@ fn forward_row(
         let b: [f32; MR] = std::array::from_fn(|i| bias.filter(|_| i < rows).map_or(0.0, |b| b[k0 + i]));
         let w_tile = packed[k0 * g.c * taps..(k0 + MR) * g.c * taps].as_ptr();
         let y_tile = y[k0 * len..(k0 + rows) * len].as_mut_ptr();
-        let tile = Tile { x: x.as_ptr(), len, c: g.c, w: w_tile, masks, y: y_tile, rows, bias: &b };
+        let residual = residual.map(|r| r[k0 * len..(k0 + rows) * len].as_ptr());
+        let tile = Tile { x: x.as_ptr(), len, c: g.c, w: w_tile, masks, y: y_tile, residual, rows, bias: &b };
         let mut v0 = 0;
         // SAFETY: isa proves AVX-512F. The kernel reads x only in lanes whose mask
         // bit is set, which are positions inside x's row (the masks were built for
-        // `len`) and shifted sources inside the same sample's plane, so inside x;
-        // it writes `rows` rows of y_tile, only in lanes below `len`; w_tile holds
+        // `len`) and shifted sources inside the same sample's plane, so inside x,
+        // or in whole vectors where `plain_loads_stay_inside` found them inside x;
+        // it writes `rows` rows of y_tile, only in lanes below `len`, and reads the
+        // residual (y's shape, checked above) at the same places; w_tile holds
         // [tap][C][8]. The asserts above checked all three lengths.
         unsafe {
             while v0 + NV <= vectors {
@@ -367,6 +384,8 @@ struct Tile<'a> {
     w: *const f32,
     masks: &'a Masks,
     y: *mut f32,
+    /// Added to y where it is stored: the same layout as y.
+    residual: Option<*const f32>,
     rows: usize,
     bias: &'a [f32; MR],
 }
@@ -376,7 +395,7 @@ struct Tile<'a> {
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::needless_range_loop)]
 unsafe fn forward_tile<const V: usize, const PLAIN: bool>(tile: &Tile, v0: usize) {
-    let &Tile { x, len, c, w, masks, y, rows, bias } = tile;
+    let &Tile { x, len, c, w, masks, y, residual, rows, bias } = tile;
     let mut acc = [[_mm512_setzero_ps(); V]; MR];
     for tap in 0..masks.taps {
         let mut m = [0u16; V];
@@ -412,8 +431,12 @@ unsafe fn forward_tile<const V: usize, const PLAIN: bool>(tile: &Tile, v0: usize
     for i in 0..rows {
         let b = _mm512_set1_ps(bias[i]);
         for j in 0..V {
-            let v = v0 + j;
-            _mm512_mask_storeu_ps(y.add(i * len + v * LANES), tail_mask(len, v), _mm512_add_ps(acc[i][j], b));
+            let (v, at) = (v0 + j, i * len + (v0 + j) * LANES);
+            let mut out = _mm512_add_ps(acc[i][j], b);
+            if let Some(r) = residual {
+                out = _mm512_add_ps(out, _mm512_maskz_loadu_ps(tail_mask(len, v), r.add(at)));
+            }
+            _mm512_mask_storeu_ps(y.add(at), tail_mask(len, v), out);
         }
     }
 }

@@ -19,8 +19,8 @@ pub(crate) mod wide;
 
 pub use binary::{binary_reference, BinaryOp};
 pub use conv2d::{
-    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_input_reference, conv2d_backward_weight,
-    conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
+    conv2d_backward_bias, conv2d_backward_input, conv2d_backward_input_reference, conv2d_backward_shift,
+    conv2d_backward_weight, conv2d_backward_weight_reference, conv2d_reference, Conv2dParams,
 };
 pub use group_norm::{group_norm_backward, group_norm_reference, group_norm_silu_backward, GroupNormStats};
 pub use layout::split_ranges;
