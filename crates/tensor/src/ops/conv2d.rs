@@ -30,6 +30,11 @@
 //! see `conv2d_direct.rs`, whose micro-kernels read the input where it lies.
 //! The im2col path below serves every other shape and CPU.
 //!
+//! [`Tensor::conv2d_add`] also adds a per-sample shift [N, K] and a residual of
+//! y's shape while y is written (the U-Net adds its time embedding after one
+//! convolution and its skip connection after another): every path above
+//! starts from, or finishes with, a pass over y that can take them on.
+//!
 //! Parallelism: the batch is split into a few contiguous runs of samples, one rayon
 //! task each. A task allocates its cols buffer once and calls the single-threaded
 //! GEMM once per sample; the weight gradient is summed per task, then across tasks.
