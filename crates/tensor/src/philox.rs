@@ -79,7 +79,7 @@ pub fn uniforms(seed: u64, offset: u64, first: u64, out: &mut [f32]) {
 }
 
 /// Calls `f(start, u, out_part)` over `out` in consecutive parts, in parallel,
-/// where u[i] = [`uniform`]`(seed, offset, first + start + i)` and out_part is
+/// where `u[i]` = [`uniform`]`(seed, offset, first + start + i)` and out_part is
 /// `out[start..start + u.len()]`: a pass that uses the uniforms as they are
 /// made (dropout's mask) without storing them first.
 pub fn uniforms_with(
@@ -138,7 +138,7 @@ pub fn normal(seed: u64, offset: u64, i: u64) -> f32 {
 
 impl Tensor {
     /// Inverted dropout with the mask of Philox stream `seed`: element i is
-    /// x[i] * 0 where [`uniform`]`(seed, 0, i)` < p, else x[i] / (1 - p). The mask
+    /// `x[i] * 0` where [`uniform`]`(seed, 0, i)` < p, else `x[i] / (1 - p)`. The mask
     /// is recomputed where it is needed rather than stored: the gradient of
     /// dropout is the same op on the gradient (`g.dropout(seed, p)`).
     pub fn dropout(&self, seed: u64, p: f32) -> Tensor {
