@@ -633,20 +633,20 @@ impl Tensor {
                     // y_n starts as bias + shift, broadcast along each row, plus the
                     // residual; the GEMM adds onto it.
                     let sample_bias = add.sample_bias(bias, g.k);
+                    let b_k = |k: usize| sample_bias.as_ref().map_or(0.0, |b| b[k]);
                     let rows = y_group.chunks_exact_mut(g.positions()).enumerate();
-                    let beta = match (&sample_bias, add.residual) {
-                        (None, None) => 0.0,
-                        (b, None) => {
-                            rows.for_each(|(k, row)| row.fill(b.as_ref().map_or(0.0, |b| b[k])));
-                            1.0
-                        }
-                        (b, Some(r)) => {
+                    let beta = match add.residual {
+                        Some(r) => {
                             for ((k, row), r) in rows.zip(r.chunks_exact(g.positions())) {
-                                let b_k = b.as_ref().map_or(0.0, |b| b[k]);
-                                row.iter_mut().zip(r).for_each(|(y, &r)| *y = b_k + r);
+                                row.iter_mut().zip(r).for_each(|(y, &r)| *y = b_k(k) + r);
                             }
                             1.0
                         }
+                        None if sample_bias.is_some() => {
+                            rows.for_each(|(k, row)| row.fill(b_k(k)));
+                            1.0
+                        }
+                        None => 0.0,
                     };
                     // y_n [K, Ho*Wo] = weight [K, C*R*S] cols [C*R*S, Ho*Wo]
                     (plan.gemm)(g.k, g.patch(), columns, w, Transpose::No, cols, Transpose::No, beta, y_group);
