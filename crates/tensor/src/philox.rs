@@ -82,13 +82,7 @@ pub fn uniforms(seed: u64, offset: u64, first: u64, out: &mut [f32]) {
 /// where `u[i]` = [`uniform`]`(seed, offset, first + start + i)` and out_part is
 /// `out[start..start + u.len()]`: a pass that uses the uniforms as they are
 /// made (dropout's mask) without storing them first.
-pub fn uniforms_with(
-    seed: u64,
-    offset: u64,
-    first: u64,
-    out: &mut [f32],
-    f: impl Fn(usize, &[f32], &mut [f32]) + Sync,
-) {
+fn uniforms_with(seed: u64, offset: u64, first: u64, out: &mut [f32], f: impl Fn(usize, &[f32], &mut [f32]) + Sync) {
     const ROW: usize = 1024;
     crate::ops::parallel::for_each_row(out, ROW, |row, values| {
         let row_start = row * ROW;
@@ -127,6 +121,28 @@ pub fn uniform(seed: u64, offset: u64, i: u64) -> f32 {
     unit(word[(r / LANES as u64) as usize])
 }
 
+/// The mask of inverted dropout that [`Tensor::dropout`] multiplies by:
+/// element i is 0 where [`uniform`]`(seed, 0, i)` < p, else 1 / (1 - p).
+pub fn dropout_mask(seed: u64, p: f32, len: usize) -> Vec<f32> {
+    let keep = 1.0 / (1.0 - p);
+    let mut mask = crate::pool::take(len);
+    uniforms_with(seed, 0, 0, &mut mask, |_, u, mask| {
+        mask.iter_mut().zip(u).for_each(|(m, &u)| *m = dropout_factor(u, p, keep));
+    });
+    mask
+}
+
+/// Inverted dropout's factor for a uniform u: 0 (dropped) below p, else `keep`,
+/// which is 1 / (1 - p).
+#[inline(always)]
+fn dropout_factor(u: f32, p: f32, keep: f32) -> f32 {
+    if u < p {
+        0.0
+    } else {
+        keep
+    }
+}
+
 /// Element `i` of draw `offset` of stream `seed`, N(0, 1).
 pub fn normal(seed: u64, offset: u64, i: u64) -> f32 {
     let r = philox4x32_10(counter(offset, i), key(seed));
@@ -147,7 +163,7 @@ impl Tensor {
         let mut y = crate::pool::take(x.len());
         uniforms_with(seed, 0, 0, &mut y, |start, u, y| {
             for ((y, &x), &u) in y.iter_mut().zip(&x[start..]).zip(u) {
-                *y = x * if u < p { 0.0 } else { keep };
+                *y = x * dropout_factor(u, p, keep);
             }
         });
         Tensor::from_parts(y, self.shape().clone())

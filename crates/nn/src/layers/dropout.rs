@@ -30,15 +30,9 @@ pub fn dropout(x: &Var, p: f32, mode: &mut Mode) -> Result<Var> {
 }
 
 /// The mask of inverted dropout: element i is 0 where Philox stream `seed`
-/// draws below p, else 1 / (1 - p).
-pub fn dropout_mask(seed: u64, p: f32, len: usize) -> Vec<f32> {
-    let keep = 1.0 / (1.0 - p);
-    let mut mask = ddpm_tensor::pool::take(len);
-    ddpm_tensor::philox::uniforms_with(seed, 0, 0, &mut mask, |_, u, mask| {
-        mask.iter_mut().zip(u).for_each(|(m, &u)| *m = if u < p { 0.0 } else { keep });
-    });
-    mask
-}
+/// draws below p, else 1 / (1 - p) (the tensor crate's, which `Var::dropout`
+/// multiplies by).
+pub use ddpm_tensor::philox::dropout_mask;
 
 #[cfg(test)]
 mod tests {
