@@ -90,12 +90,7 @@ impl Tensor {
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Tensor> {
         self.shape().check_axis("narrow", axis)?;
         let extent = self.dims()[axis];
-        if start + len > extent {
-            return Err(TensorError::invalid(
-                "narrow",
-                format!("{start}..{} is outside axis {axis} of extent {extent}", start + len),
-            ));
-        }
+        check_slice("narrow", axis, start, len, extent)?;
         let outer: usize = self.dims()[..axis].iter().product();
         let inner: usize = self.dims()[axis + 1..].iter().product();
         let mut dims = self.dims().to_vec();
@@ -116,12 +111,7 @@ impl Tensor {
     pub fn narrow_backward(&self, axis: usize, start: usize, extent: usize) -> Result<Tensor> {
         self.shape().check_axis("narrow_backward", axis)?;
         let len = self.dims()[axis];
-        if start + len > extent {
-            return Err(TensorError::invalid(
-                "narrow_backward",
-                format!("{start}..{} is outside an axis of extent {extent}", start + len),
-            ));
-        }
+        check_slice("narrow_backward", axis, start, len, extent)?;
         let inner: usize = self.dims()[axis + 1..].iter().product();
         let mut dims = self.dims().to_vec();
         dims[axis] = extent;
@@ -142,6 +132,15 @@ impl Tensor {
     pub fn split(&self, axis: usize, sizes: &[usize]) -> Result<Vec<Tensor>> {
         split_ranges(self.shape(), axis, sizes)?.into_iter().map(|(start, len)| self.narrow(axis, start, len)).collect()
     }
+}
+
+/// That the slice start .. start + len fits in an axis of `extent`.
+fn check_slice(op: &'static str, axis: usize, start: usize, len: usize, extent: usize) -> Result<()> {
+    if start + len > extent {
+        let msg = format!("{start}..{} is outside axis {axis} of extent {extent}", start + len);
+        return Err(TensorError::invalid(op, msg));
+    }
+    Ok(())
 }
 
 /// The (start, len) of each piece when `axis` of `shape` is cut into `sizes`,
