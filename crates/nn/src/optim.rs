@@ -6,8 +6,10 @@
 //! the reference take the same steps; `crates/nn/tests/optim.rs` checks the
 //! numbers against tensors written by PyTorch.
 //!
-//! Every update is one loop over a parameter's elements that reads and writes
-//! the slices in place: no temporary tensor is made per step.
+//! Every update is one loop over a parameter's elements, split across rayon's
+//! threads in chunks: the moments and gradients are updated in place, and
+//! Adam's new weights go to a buffer from the tensor pool (the old ones are
+//! shared with the model's Var, so they cannot be overwritten).
 
 use ddpm_autograd::{Gradients, Result, Tensor, TensorError, Var};
 use rayon::prelude::*;

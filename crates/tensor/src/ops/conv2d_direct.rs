@@ -120,7 +120,7 @@ impl Direct {
                 for (n, (x_n, y_n)) in run.clone().zip(samples) {
                     let add = add.of(g, n..n + 1);
                     let sample_bias = add.sample_bias(bias, g.k);
-                    let ends = Ends { bias: sample_bias.as_deref().or(bias), residual: add.residual };
+                    let ends = Ends { bias: sample_bias.as_deref(), residual: add.residual };
                     forward_row(self.isa, g, m, x_n, plane, &packed, ends, y_n);
                 }
                 return;
