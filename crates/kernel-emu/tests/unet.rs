@@ -52,13 +52,7 @@ fn ddim_with_guidance_on_the_device_matches_the_cpu_sampler() {
     let x_t = Tensor::randn([2, 1, 28, 28], &mut StdRng::seed_from_u64(2));
     let labels = [4usize, 9];
     let cond = Conditioning { labels: Some(&labels), guidance: 1.0 };
-    let method = Method::Ddim { steps: 3, eta: 0.0 };
-    let want = sampler::run(&model, &schedule, &x_t, method, cond, 0, &mut |_, _, _| {}).unwrap();
-
-    let device = DeviceUNet::upload(&Emu, &model).unwrap();
-    let got = run_on_device(&Emu, &device, &schedule, &x_t, method, cond, 0, &mut |_, _, _| {}).unwrap();
-    let err = relative_error(got.as_slice(), &want);
-    assert!(err < 1e-4, "relative error {err:.2e}");
+    assert_device_samples_like_the_cpu(&model, &schedule, &x_t, Method::Ddim { steps: 3, eta: 0.0 }, cond, 0);
 }
 
 /// DDPM adds noise at every step: both samplers draw it from the Philox
@@ -70,11 +64,22 @@ fn ddpm_on_the_device_draws_the_same_noise_as_the_cpu() {
     let schedule = Schedule::new(ScheduleKind::Linear, 3);
     let x_t = Tensor::randn([2, 1, 28, 28], &mut StdRng::seed_from_u64(3));
     let cond = Conditioning { labels: Some(&[1, 8]), guidance: 0.0 };
-    let seed = 77;
-    let want = sampler::run(&model, &schedule, &x_t, Method::Ddpm, cond, seed, &mut |_, _, _| {}).unwrap();
+    assert_device_samples_like_the_cpu(&model, &schedule, &x_t, Method::Ddpm, cond, 77);
+}
 
-    let device = DeviceUNet::upload(&Emu, &model).unwrap();
-    let got = run_on_device(&Emu, &device, &schedule, &x_t, Method::Ddpm, cond, seed, &mut |_, _, _| {}).unwrap();
+/// The emulated device's sampler (`run_on_device`) ends where the CPU's
+/// (`sampler::run`) does, from the same x_t and noise seed, within 1e-4.
+fn assert_device_samples_like_the_cpu(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    method: Method,
+    cond: Conditioning,
+    seed: u64,
+) {
+    let want = sampler::run(model, schedule, x_t, method, cond, seed, &mut |_, _, _| {}).unwrap();
+    let device = DeviceUNet::upload(&Emu, model).unwrap();
+    let got = run_on_device(&Emu, &device, schedule, x_t, method, cond, seed, &mut |_, _, _| {}).unwrap();
     let err = relative_error(got.as_slice(), &want);
     assert!(err < 1e-4, "relative error {err:.2e}");
 }
