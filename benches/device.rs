@@ -9,7 +9,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use ddpm::data::{Images, Split};
 use ddpm::device::DeviceUNet;
 use ddpm::device_train::DeviceTrainer;
-use ddpm::sampler::{apply_update, ddpm_update};
+use ddpm::sampler::{ddpm_update, SamplingStep, Update};
 use ddpm::{Schedule, ScheduleKind, TrainConfig, Trainer};
 use ddpm_cuda::{DeviceOps, Executor, Gpu, NormShape, Step};
 use ddpm_rs::autograd::{no_grad, Var};
@@ -56,15 +56,15 @@ fn bench(c: &mut Criterion) {
     let xs = Tensor::randn([BATCH * 784], &mut rng);
     let eps = Tensor::randn([2 * BATCH * 784], &mut rng);
     group.bench_function(BenchmarkId::new("cpu", "ddpm step + guidance"), |b| {
-        b.iter(|| {
-            let (c, u) = (eps.narrow(0, 0, BATCH * 784).unwrap(), eps.narrow(0, BATCH * 784, BATCH * 784).unwrap());
-            let guided = c.zip_map(&u, |c, u| 2.0 * c - u).unwrap();
-            let z = Tensor::randn_philox([BATCH * 784], 1, 0);
-            apply_update(&update, &xs, &guided, &z).unwrap()
-        })
+        let step = SamplingStep { update, guidance: Some(1.0), seed: 1, offset: 0 };
+        b.iter(|| xs.sampling_step(&eps, &step).unwrap())
     });
     if let Some(gpu) = &gpu {
         let (mut xd, ed) = (gpu.upload(xs.as_slice()).unwrap(), gpu.upload(eps.as_slice()).unwrap());
+        let update = match update {
+            Update::Ddpm { eps_coef, sqrt_a, sigma } => ddpm_cuda::Update::Ddpm { eps_coef, sqrt_a, sigma },
+            Update::Ddim { ab, ab_prev, sigma, dir } => ddpm_cuda::Update::Ddim { ab, ab_prev, sigma, dir },
+        };
         let step = Step { update, guidance: Some(1.0), seed: 1, offset: 0 };
         group.bench_function(BenchmarkId::new("gpu", "ddpm step + guidance"), |b| {
             b.iter(|| {

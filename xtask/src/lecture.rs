@@ -86,7 +86,7 @@ fn section_1(schedule: &Schedule, x0: &Tensor, label: usize, out: &Path, seed: u
     let e = Tensor::randn(x0.shape().clone(), &mut stream(seed, Stream::Sample, 0));
     let mut frames = vec![];
     for &t in &ts {
-        frames.push(schedule.q_sample(x0, &[t], &e)?.clamp(-1.0, 1.0).to_vec());
+        frames.push(schedule.q_sample(x0, &[t], &e)?.clamp(-1.0, 1.0)?.to_vec());
     }
     let path = out.join("noising.png");
     picture::strip_png(&path, &frames, 1, 28, 28, 3)?;
@@ -210,7 +210,7 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
         let settings = SampleSettings { method, guidance: 0.0 };
         let raw = draw_raw(&model, &schedule, &settings, &x_t, labels.as_deref(), seed)?;
         let path = out.join(name);
-        let shown = raw.clamp(-1.0, 1.0);
+        let shown = raw.clamp(-1.0, 1.0)?;
         picture::grid_png(&path, shown.as_slice(), n, 28, 28, 10, 3)?;
         results.push((name.trim_end_matches(".png"), raw, path));
     }

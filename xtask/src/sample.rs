@@ -268,7 +268,7 @@ pub fn draw_from(
                 end
             }
         };
-        outputs.push(end.clamp(-1.0, 1.0));
+        outputs.push(end.clamp(-1.0, 1.0)?);
         chain.push(chunk_frames);
     }
     bar.finish_and_clear();

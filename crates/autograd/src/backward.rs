@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use ddpm_tensor::ops::{
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_shift, conv2d_backward_weight, group_norm_backward,
-    group_norm_silu_backward,
+    group_norm_silu_backward, UnaryBackward,
 };
 use ddpm_tensor::{Result, Tensor, TensorError};
 
@@ -40,37 +40,36 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
         // y = a + b: dy/da = 1, dy/db = 1.
         Add(a, b) => vec![want(a, &|| g.sum_to(&a.shape()))?, want(b, &|| g.sum_to(&b.shape()))?],
         // y = a - b: dy/da = 1, dy/db = -1.
-        Sub(a, b) => vec![want(a, &|| g.sum_to(&a.shape()))?, want(b, &|| g.neg().sum_to(&b.shape()))?],
+        Sub(a, b) => vec![want(a, &|| g.sum_to(&a.shape()))?, want(b, &|| g.neg()?.sum_to(&b.shape()))?],
         // y = a b: dy/da = b, dy/db = a.
         Mul(a, b) => vec![want(a, &|| g.mul(&bv())?.sum_to(&a.shape()))?, want(b, &|| g.mul(x)?.sum_to(&b.shape()))?],
         // y = a / b: dy/da = 1 / b, dy/db = -a / b^2 = -y / b.
         Div(a, b) => vec![
             want(a, &|| g.div(&bv())?.sum_to(&a.shape()))?,
-            want(b, &|| g.mul(y)?.div(&bv())?.neg().sum_to(&b.shape()))?,
+            want(b, &|| g.mul(y)?.div(&bv())?.neg()?.sum_to(&b.shape()))?,
         ],
         // y = -x: dy/dx = -1.
-        Neg(_) => vec![Some(g.neg())],
+        Neg(_) => vec![Some(g.neg()?)],
         // y = s x + c: dy/dx = s.
-        Affine(_, s) => vec![Some(g.scale(*s))],
+        Affine(_, s) => vec![Some(g.scale(*s)?)],
         // y = e^x: dy/dx = e^x = y.
         Exp(_) => vec![Some(g.mul(y)?)],
         // y = ln x: dy/dx = 1 / x.
         Log(_) => vec![Some(g.div(x)?)],
+        // The elementwise maps' derivatives are named ops (ddpm_tensor::ops::UnaryBackward),
+        // so that each device has a kernel for them:
         // y = sqrt(x): dy/dx = 1 / (2 sqrt(x)) = 1 / (2 y).
-        Sqrt(_) => vec![Some(g.zip_map(y, |g, y| g / (2.0 * y))?)],
+        Sqrt(_) => vec![Some(g.unary_backward(UnaryBackward::Sqrt, y)?)],
         // y = x^p: dy/dx = p x^(p-1).
-        Powf(_, p) => vec![Some(g.zip_map(x, |g, x| g * p * x.powf(p - 1.0))?)],
+        Powf(_, p) => vec![Some(g.unary_backward(UnaryBackward::Powf(*p), x)?)],
         // y = tanh x: dy/dx = 1 - y^2.
-        Tanh(_) => vec![Some(g.zip_map(y, |g, y| g * (1.0 - y * y))?)],
+        Tanh(_) => vec![Some(g.unary_backward(UnaryBackward::Tanh, y)?)],
         // y = s(x) = 1 / (1 + e^-x): dy/dx = y (1 - y).
-        Sigmoid(_) => vec![Some(g.zip_map(y, |g, y| g * y * (1.0 - y))?)],
+        Sigmoid(_) => vec![Some(g.unary_backward(UnaryBackward::Sigmoid, y)?)],
         // y = x s(x): dy/dx = s(x) + x s(x)(1 - s(x)) = s(x) (1 + x (1 - s(x))).
-        Silu(_) => vec![Some(g.zip_map(x, |g, x| {
-            let s = ddpm_tensor::ops::sigmoid(x);
-            g * s * (1.0 + x * (1.0 - s))
-        })?)],
+        Silu(_) => vec![Some(g.unary_backward(UnaryBackward::Silu, x)?)],
         // y = max(x, 0): dy/dx = 1 where x > 0, else 0.
-        Relu(_) => vec![Some(g.zip_map(x, |g, x| if x > 0.0 { g } else { 0.0 })?)],
+        Relu(_) => vec![Some(g.unary_backward(UnaryBackward::Relu, x)?)],
         // y = sum over axes: every summed x_i gets the whole g of its sum.
         SumAxes(a, axes, keepdim) => {
             let g = if *keepdim {
@@ -81,7 +80,7 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
                 axes.iter().for_each(|&i| dims[i] = 1);
                 g.reshape(dims)?
             };
-            vec![Some(Tensor::zeros(a.shape()).add(&g)?)]
+            vec![Some(Tensor::full_on(a.shape(), 0.0, g.device())?.add(&g)?)]
         }
         // A reshape moves no element: the gradient takes the input's shape back.
         Reshape(a) => vec![Some(g.reshape(a.shape())?)],
@@ -155,7 +154,7 @@ fn input_grads(op: &Op, y: &Tensor, g: &Tensor) -> Result<Vec<Option<Tensor>>> {
             ]
         }
         // y = x * mask, the mask a constant: dx = g * mask, the same op on g.
-        Dropout(_, seed, p) => vec![Some(g.dropout(*seed, *p))],
+        Dropout(_, seed, p) => vec![Some(g.dropout(*seed, *p)?)],
         // Each input pixel fed a 2x2 block: it gets the block's summed gradient.
         Upsample2x(_) => vec![Some(g.upsample_nearest2x_backward()?)],
         // y = max of a 2x2 window: dy/dx = 1 for the window's largest x, 0 for
@@ -244,7 +243,7 @@ impl Var {
         let order = topological_order(self);
         let mut grads: HashMap<usize, Tensor> = HashMap::new();
         if self.requires_grad() {
-            grads.insert(self.id(), Tensor::ones(self.shape()));
+            grads.insert(self.id(), self.value().full_like(1.0)?);
         }
         let mut leaves = HashMap::new();
         for v in order.iter().rev() {

@@ -51,7 +51,7 @@ pub fn check_gradients(
     let weights = Tensor::randn(out.shape(), &mut StdRng::seed_from_u64(17));
 
     // Analytic: backward from L = sum(f(x) * R).
-    let loss = out.mul(&Var::constant(weights.clone())).expect("same shape").sum_all();
+    let loss = out.mul(&Var::constant(weights.clone())).and_then(|l| l.sum_all()).expect("same shape");
     let grads = loss.backward().expect("backward runs");
 
     // Numeric: L evaluated in f64 at x_i +- h, recording nothing.

@@ -43,55 +43,55 @@ impl Var {
 
     // ------------------------------------------------------------ unary
 
-    pub fn neg(&self) -> Var {
+    pub fn neg(&self) -> Result<Var> {
         let _timer = profile::scope("neg", Pass::Forward);
-        Var::from_op(self.value().neg(), Op::Neg(self.clone()))
+        Ok(Var::from_op(self.value().neg()?, Op::Neg(self.clone())))
     }
 
     /// scale * x + shift.
-    pub fn affine(&self, scale: f32, shift: f32) -> Var {
+    pub fn affine(&self, scale: f32, shift: f32) -> Result<Var> {
         let _timer = profile::scope("affine", Pass::Forward);
-        Var::from_op(self.value().affine(scale, shift), Op::Affine(self.clone(), scale))
+        Ok(Var::from_op(self.value().affine(scale, shift)?, Op::Affine(self.clone(), scale)))
     }
 
-    pub fn exp(&self) -> Var {
+    pub fn exp(&self) -> Result<Var> {
         let _timer = profile::scope("exp", Pass::Forward);
-        Var::from_op(self.value().exp(), Op::Exp(self.clone()))
+        Ok(Var::from_op(self.value().exp()?, Op::Exp(self.clone())))
     }
 
-    pub fn log(&self) -> Var {
+    pub fn log(&self) -> Result<Var> {
         let _timer = profile::scope("log", Pass::Forward);
-        Var::from_op(self.value().log(), Op::Log(self.clone()))
+        Ok(Var::from_op(self.value().log()?, Op::Log(self.clone())))
     }
 
-    pub fn sqrt(&self) -> Var {
+    pub fn sqrt(&self) -> Result<Var> {
         let _timer = profile::scope("sqrt", Pass::Forward);
-        Var::from_op(self.value().sqrt(), Op::Sqrt(self.clone()))
+        Ok(Var::from_op(self.value().sqrt()?, Op::Sqrt(self.clone())))
     }
 
-    pub fn powf(&self, p: f32) -> Var {
+    pub fn powf(&self, p: f32) -> Result<Var> {
         let _timer = profile::scope("powf", Pass::Forward);
-        Var::from_op(self.value().powf(p), Op::Powf(self.clone(), p))
+        Ok(Var::from_op(self.value().powf(p)?, Op::Powf(self.clone(), p)))
     }
 
-    pub fn tanh(&self) -> Var {
+    pub fn tanh(&self) -> Result<Var> {
         let _timer = profile::scope("tanh", Pass::Forward);
-        Var::from_op(self.value().tanh(), Op::Tanh(self.clone()))
+        Ok(Var::from_op(self.value().tanh()?, Op::Tanh(self.clone())))
     }
 
-    pub fn sigmoid(&self) -> Var {
+    pub fn sigmoid(&self) -> Result<Var> {
         let _timer = profile::scope("sigmoid", Pass::Forward);
-        Var::from_op(self.value().sigmoid(), Op::Sigmoid(self.clone()))
+        Ok(Var::from_op(self.value().sigmoid()?, Op::Sigmoid(self.clone())))
     }
 
-    pub fn silu(&self) -> Var {
+    pub fn silu(&self) -> Result<Var> {
         let _timer = profile::scope("silu", Pass::Forward);
-        Var::from_op(self.value().silu(), Op::Silu(self.clone()))
+        Ok(Var::from_op(self.value().silu()?, Op::Silu(self.clone())))
     }
 
-    pub fn relu(&self) -> Var {
+    pub fn relu(&self) -> Result<Var> {
         let _timer = profile::scope("relu", Pass::Forward);
-        Var::from_op(self.value().relu(), Op::Relu(self.clone()))
+        Ok(Var::from_op(self.value().relu()?, Op::Relu(self.clone())))
     }
 
     // ------------------------------------------------------------ reductions and layout
@@ -211,9 +211,9 @@ impl Var {
 
     /// Inverted dropout with the mask of Philox stream `seed` (see
     /// `Tensor::dropout`): zero where the stream draws below p, else x / (1 - p).
-    pub fn dropout(&self, seed: u64, p: f32) -> Var {
+    pub fn dropout(&self, seed: u64, p: f32) -> Result<Var> {
         let _timer = profile::scope("dropout", Pass::Forward);
-        Var::from_op(self.value().dropout(seed, p), Op::Dropout(self.clone(), seed, p))
+        Ok(Var::from_op(self.value().dropout(seed, p)?, Op::Dropout(self.clone(), seed, p)))
     }
 
     /// [N, C, H, W] -> [N, C, 2H, 2W], each pixel repeated into a 2x2 block.
@@ -239,32 +239,32 @@ impl Var {
 
     // ------------------------------------------------------------ composites (no rules of their own)
 
-    pub fn scale(&self, s: f32) -> Var {
+    pub fn scale(&self, s: f32) -> Result<Var> {
         self.affine(s, 0.0)
     }
 
-    pub fn add_scalar(&self, c: f32) -> Var {
+    pub fn add_scalar(&self, c: f32) -> Result<Var> {
         self.affine(1.0, c)
     }
 
-    pub fn square(&self) -> Var {
+    pub fn square(&self) -> Result<Var> {
         self.powf(2.0)
     }
 
-    pub fn sum_all(&self) -> Var {
+    pub fn sum_all(&self) -> Result<Var> {
         let axes: Vec<usize> = (0..self.shape().rank()).collect();
-        self.sum_axes(&axes, false).expect("all axes are in range")
+        self.sum_axes(&axes, false)
     }
 
     /// Mean over `axes`: the sum divided by the number of terms.
     pub fn mean_axes(&self, axes: &[usize], keepdim: bool) -> Result<Var> {
         let dims = self.dims();
         let count: usize = axes.iter().map(|&a| dims.get(a).copied().unwrap_or(1)).product();
-        Ok(self.sum_axes(axes, keepdim)?.scale(1.0 / count as f32))
+        self.sum_axes(axes, keepdim)?.scale(1.0 / count as f32)
     }
 
-    pub fn mean_all(&self) -> Var {
-        self.sum_all().scale(1.0 / self.shape().numel() as f32)
+    pub fn mean_all(&self) -> Result<Var> {
+        self.sum_all()?.scale(1.0 / self.shape().numel() as f32)
     }
 
     pub fn transpose(&self, a: usize, b: usize) -> Result<Var> {
@@ -284,7 +284,7 @@ impl Var {
 
     /// Mean squared error, mean((a - b)^2): the DDPM loss on the noise.
     pub fn mse(&self, target: &Var) -> Result<Var> {
-        Ok(self.sub(target)?.square().mean_all())
+        self.sub(target)?.square()?.mean_all()
     }
 
     /// Cross-entropy of logits [B, K] against class labels (B of them, each
@@ -306,7 +306,8 @@ impl Var {
         }
         let mut one_hot = vec![0.0; b * k];
         labels.iter().enumerate().for_each(|(i, &y)| one_hot[i * k + y] = 1.0);
-        let one_hot = Var::constant(Tensor::from_vec(one_hot, [b, k])?);
-        Ok(self.log_softmax()?.mul(&one_hot)?.sum_all().scale(-1.0 / b as f32))
+        // Made on the host, it goes where the logits are.
+        let one_hot = Var::constant(Tensor::from_vec(one_hot, [b, k])?.to(self.value().device())?);
+        self.log_softmax()?.mul(&one_hot)?.sum_all()?.scale(-1.0 / b as f32)
     }
 }

@@ -94,7 +94,15 @@ fn noise_and_sampling_steps_are_the_same_numbers_as_on_the_cpu() {
         let z = Tensor::randn_philox([n], 11, 2);
         let want = apply_update(&update, &x, &Tensor::from_vec(guided, [n]).unwrap(), &z).unwrap();
         let mut xd = gpu.upload(x.as_slice()).unwrap();
-        let step = Step { update, guidance: Some(w), seed: 11, offset: 2 };
+        let device_update = match update {
+            ddpm::sampler::Update::Ddpm { eps_coef, sqrt_a, sigma } => {
+                ddpm_cuda::Update::Ddpm { eps_coef, sqrt_a, sigma }
+            }
+            ddpm::sampler::Update::Ddim { ab, ab_prev, sigma, dir } => {
+                ddpm_cuda::Update::Ddim { ab, ab_prev, sigma, dir }
+            }
+        };
+        let step = Step { update: device_update, guidance: Some(w), seed: 11, offset: 2 };
         gpu.sampling_step(&mut xd, &gpu.upload(eps.as_slice()).unwrap(), &step).unwrap();
         assert_close(&format!("{update:?}"), &gpu.download(&xd).unwrap(), &want, 1);
     }

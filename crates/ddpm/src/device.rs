@@ -701,8 +701,9 @@ pub fn run_on_device<E: DeviceOps>(
             }
             None => model.forward(e, &x, n, &vec![t; n], cond.labels)?,
         };
-        let Some(update) = method.update(schedule, &ts, i) else {
-            return Err(TensorError::invalid("sample", "the lecture's formula runs on the CPU only"));
+        let update = match method.update(schedule, &ts, i) {
+            sampler::Update::Ddpm { eps_coef, sqrt_a, sigma } => ddpm_cuda::Update::Ddpm { eps_coef, sqrt_a, sigma },
+            sampler::Update::Ddim { ab, ab_prev, sigma, dir } => ddpm_cuda::Update::Ddim { ab, ab_prev, sigma, dir },
         };
         let step = Step { update, guidance: guided.map(|_| cond.guidance), seed: noise, offset: i as u64 };
         e.sampling_step(&mut x, &eps, &step).map_err(device_error)?;

@@ -131,8 +131,14 @@ impl<E: DeviceOps> DeviceTrainer<E> {
 /// The scalars of Adam's step `t` (1-based) for the device, the same numbers
 /// `ddpm_nn::optim::Adam::step` uses on the CPU.
 pub fn adam_step(config: &AdamConfig, t: u64) -> AdamStep {
-    let (step_size, bias_correction2_sqrt) = config.bias_corrections(t);
-    AdamStep { step_size, beta1: config.beta1, beta2: config.beta2, bias_correction2_sqrt, eps: config.eps }
+    let s = config.step_scalars(t);
+    AdamStep {
+        step_size: s.step_size,
+        beta1: s.beta1,
+        beta2: s.beta2,
+        bias_correction2_sqrt: s.bias_correction2_sqrt,
+        eps: s.eps,
+    }
 }
 
 impl Trainer {

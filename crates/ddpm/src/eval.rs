@@ -54,6 +54,7 @@ use ddpm_autograd::{no_grad, Tensor, TensorError, Var};
 use ddpm_nn::checkpoint::{self, CheckpointError};
 use ddpm_nn::optim::{Adam, AdamConfig};
 use ddpm_nn::{Classifier, Module};
+use ddpm_tensor::Device;
 use rand::Rng;
 
 use crate::data::{Batches, Split};
@@ -133,7 +134,7 @@ pub fn train_classifier(
 
     let model = Classifier::new(&mut stream(config.seed, Stream::Init, 0));
     let params: Vec<Var> = model.named_params().into_iter().map(|(_, p)| p).collect();
-    let mut adam = Adam::new(&params, AdamConfig { lr: config.lr, ..AdamConfig::default() });
+    let mut adam = Adam::new(&params, AdamConfig { lr: config.lr, ..AdamConfig::default() })?;
     for step in 0..steps {
         let (x, labels) = data.batch(batches.indices(step));
         let x = shift_images(&x, config.max_shift, &mut stream(config.seed, Stream::Step, step))?;
@@ -286,7 +287,8 @@ impl Outputs {
 const CHUNK: usize = 500;
 
 /// Runs the classifier on images [N, 1, 28, 28] in [-1, 1], in chunks and
-/// recording no graph.
+/// recording no graph, on the classifier's device (the images go there,
+/// chunk by chunk; the features and probabilities come back).
 pub fn classify(model: &Classifier, images: &Tensor) -> Result<Outputs, EvalError> {
     let n = match *images.dims() {
         [n, 1, h, w] if n > 0 => {
@@ -298,11 +300,11 @@ pub fn classify(model: &Classifier, images: &Tensor) -> Result<Outputs, EvalErro
     let (mut features, mut probs) = (vec![], vec![]);
     no_grad(|| -> Result<(), EvalError> {
         for start in (0..n).step_by(CHUNK) {
-            let x = Var::constant(images.narrow(0, start, CHUNK.min(n - start))?);
+            let x = Var::constant(images.narrow(0, start, CHUNK.min(n - start))?.to(model.device())?);
             let f = model.features(&x)?;
             let p = model.head(&f)?.softmax()?;
-            features.extend_from_slice(f.value().as_slice());
-            probs.extend_from_slice(p.value().as_slice());
+            features.extend_from_slice(f.value().to(Device::Cpu)?.as_slice());
+            probs.extend_from_slice(p.value().to(Device::Cpu)?.as_slice());
         }
         Ok(())
     })?;

@@ -4,7 +4,7 @@
 
 use ddpm_autograd::{Result, Tensor, Var};
 use ddpm_nn::layers::Mode;
-use ddpm_nn::UNet;
+use ddpm_nn::{Module, UNet};
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -19,8 +19,9 @@ pub fn draw_t_and_noise(schedule: &Schedule, x0: &Tensor, rng: &mut StdRng) -> (
 }
 
 /// The epsilon-MSE loss on a batch x0 [N, 1, 28, 28] in [-1, 1], with
-/// optional labels. Draws t and e from `rng` (t first, as the reference),
-/// and uses it for dropout too.
+/// optional labels, on the model's device. Draws t and e from `rng` (t
+/// first, as the reference), and uses it for dropout too. x0 and e are made
+/// on the host and go to the model's device.
 pub fn train_loss(
     model: &UNet,
     schedule: &Schedule,
@@ -29,7 +30,9 @@ pub fn train_loss(
     rng: &mut StdRng,
 ) -> Result<Var> {
     let (t, eps) = draw_t_and_noise(schedule, x0, rng);
-    let x_t = schedule.q_sample(x0, &t, &eps)?;
+    let device = model.device();
+    let (x0, eps) = (x0.to(device)?, eps.to(device)?);
+    let x_t = schedule.q_sample(&x0, &t, &eps)?;
     let eps_hat = model.forward(&Var::constant(x_t), &t, labels, &mut Mode::Train(rng))?;
     eps_hat.mse(&Var::constant(eps))
 }

@@ -26,9 +26,9 @@
 //! earlier t_prev along the predicted noise direction (eta = 0: deterministic).
 
 use ddpm_autograd::{no_grad, Result, Tensor, TensorError, Var};
-pub use ddpm_cuda::Update;
 use ddpm_nn::layers::Mode;
 use ddpm_nn::UNet;
+pub use ddpm_tensor::ops::{apply_update, SamplingStep, Update};
 
 use crate::Schedule;
 
@@ -52,28 +52,6 @@ pub fn ddim_update(schedule: &Schedule, t: usize, t_prev: Option<usize>, eta: f6
     let ab_prev = t_prev.map_or(1.0, |p| schedule.alphas_cumprod[p]);
     let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt();
     Update::Ddim { ab, ab_prev, sigma, dir: (1.0 - ab_prev - sigma * sigma).sqrt() }
-}
-
-/// Applies one step's update to x with the noise estimate `eps_hat` and the
-/// fresh noise `z`: the CPU twin of `kernels/sampling.cu`.
-pub fn apply_update(update: &Update, x: &Tensor, eps_hat: &Tensor, z: &Tensor) -> Result<Tensor> {
-    eps_hat.expect_shape("sampling step", x.shape())?;
-    z.expect_shape("sampling step", x.shape())?;
-    let terms = x.as_slice().iter().zip(eps_hat.as_slice()).zip(z.as_slice());
-    let out: Vec<f32> = match *update {
-        Update::Ddpm { eps_coef, sqrt_a, sigma } => {
-            terms.map(|((&x, &e), &z)| (x - eps_coef * e) / sqrt_a + sigma * z).collect()
-        }
-        Update::Ddim { ab, ab_prev, sigma, dir } => terms
-            .map(|((&x, &e), &z)| {
-                let (x, e, z) = (x as f64, e as f64, z as f64);
-                // The network's estimate of x_0: invert x_t = abar_t x_0 + bbar_t e.
-                let x0 = (x - (1.0 - ab).sqrt() * e) / ab.sqrt();
-                (ab_prev.sqrt() * x0 + dir * e + sigma * z) as f32
-            })
-            .collect(),
-    };
-    Tensor::from_vec(out, x.shape().clone())
 }
 
 /// One DDPM ancestral step x_t -> x_{t-1}; `z` is ignored at t = 0.
@@ -119,19 +97,17 @@ pub fn guided_labels(y: &[usize], null: usize) -> Vec<usize> {
     y.iter().copied().chain(std::iter::repeat_n(null, y.len())).collect()
 }
 
-/// The network's noise estimate at x_t, with classifier-free guidance when
-/// asked for: both predictions come from one forward pass over [x; x] with
-/// labels [y; null].
-pub fn predict_noise(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -> Result<Tensor> {
+/// The network's noise estimates at x_t for one sampling step: [N, ...], or,
+/// with classifier-free guidance, [2N, ...] holding eps(x, t, y) and then
+/// eps(x, t, null), both from one forward pass over [x; x] with labels
+/// [y; null]. The step itself combines them ([`SamplingStep::guidance`]).
+pub fn noise_estimates(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -> Result<Tensor> {
     let n = x.dims()[0];
     no_grad(|| match cond.labels {
         Some(y) if cond.guidance != 0.0 => {
             let both = Tensor::concat(&[x, x], 0)?;
             let labels = guided_labels(y, model.num_classes);
-            let eps = model.forward(&Var::constant(both), &vec![t; 2 * n], Some(&labels), &mut Mode::Eval)?.value();
-            let (with, without) = (eps.narrow(0, 0, n)?, eps.narrow(0, n, n)?);
-            let w = cond.guidance;
-            with.zip_map(&without, |c, u| (1.0 + w) * c - w * u)
+            Ok(model.forward(&Var::constant(both), &vec![t; 2 * n], Some(&labels), &mut Mode::Eval)?.value())
         }
         labels => Ok(model.forward(&Var::constant(x.clone()), &vec![t; n], labels, &mut Mode::Eval)?.value()),
     })
@@ -144,10 +120,11 @@ pub fn predict_noise(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -> 
 /// when t is small (b_t >> b_t^2 / bbar_t) and far less when bbar_t is near 1,
 /// and without fresh noise every image slides to the same over-smoothed
 /// average. `cargo xtask lecture` draws both.
-pub fn lecture_step(schedule: &Schedule, x: &Tensor, t: usize, eps_hat: &Tensor) -> Result<Tensor> {
-    eps_hat.expect_shape("lecture_step", x.shape())?;
-    let (a, b) = (schedule.a(t) as f32, schedule.b(t) as f32);
-    x.zip_map(eps_hat, |x, e| (x - b * e) / a)
+///
+/// It has the form of a DDPM step with the coefficients b_t and a_t and no
+/// noise, so it runs as one ([`Update::Ddpm`]), on any device.
+pub fn lecture_update(schedule: &Schedule, t: usize) -> Update {
+    Update::Ddpm { eps_coef: schedule.b(t) as f32, sqrt_a: schedule.a(t) as f32, sigma: 0.0 }
 }
 
 /// Which reverse process to run.
@@ -170,13 +147,12 @@ impl Method {
         }
     }
 
-    /// The update of step i of the loop over `ts` (this method's
-    /// timesteps); `None` for the lecture's formula, which is not one.
-    pub fn update(&self, schedule: &Schedule, ts: &[usize], i: usize) -> Option<Update> {
+    /// The update of step i of the loop over `ts` (this method's timesteps).
+    pub fn update(&self, schedule: &Schedule, ts: &[usize], i: usize) -> Update {
         match *self {
-            Method::Ddpm => Some(ddpm_update(schedule, ts[i])),
-            Method::Ddim { eta, .. } => Some(ddim_update(schedule, ts[i], ts.get(i + 1).copied(), eta)),
-            Method::Lecture => None,
+            Method::Ddpm => ddpm_update(schedule, ts[i]),
+            Method::Ddim { eta, .. } => ddim_update(schedule, ts[i], ts.get(i + 1).copied(), eta),
+            Method::Lecture => lecture_update(schedule, ts[i]),
         }
     }
 
@@ -200,11 +176,12 @@ pub fn check_method(schedule: &Schedule, method: Method) -> Result<()> {
 }
 
 /// Runs the reverse process from x_T and returns the last x before the final
-/// clamp to [-1, 1]. `observe(i, t, x)` sees the state after each step i (at
-/// timestep t): for a progress bar, or frames of the denoising chain.
-/// Fresh noise (every DDPM step, and DDIM steps when eta > 0) is draw i of
-/// the Philox stream `noise` at step i: the same numbers the GPU draws
-/// (`ddpm::device::run_on_device`), so a seed gives the same samples on both.
+/// clamp to [-1, 1], on the device of x_T and the model. `observe(i, t, x)`
+/// sees the state after each step i (at timestep t): for a progress bar, or
+/// frames of the denoising chain (x is on the device: reading it is the
+/// observer's choice). Fresh noise (every DDPM step, and DDIM steps when
+/// eta > 0) is draw i of the Philox stream `noise` at step i, the same
+/// numbers on every device, so a seed gives the same samples on each.
 pub fn run(
     model: &UNet,
     schedule: &Schedule,
@@ -216,22 +193,12 @@ pub fn run(
 ) -> Result<Tensor> {
     check_method(schedule, method)?;
     let ts = method.timesteps(schedule);
+    let guidance = cond.labels.and(Some(cond.guidance)).filter(|&w| w != 0.0);
     let mut x = x_t.clone();
     for (i, &t) in ts.iter().enumerate() {
-        let eps = predict_noise(model, &x, t, cond)?;
-        x = match method.update(schedule, &ts, i) {
-            Some(update) => {
-                // Fresh noise only where the step adds some (not at DDPM's last
-                // step, nor in DDIM at eta 0): it would be multiplied by 0.
-                let z = if update.sigma() != 0.0 {
-                    Tensor::randn_philox(x.shape().clone(), noise, i as u64)
-                } else {
-                    x.zeros_like()
-                };
-                apply_update(&update, &x, &eps, &z)?
-            }
-            None => lecture_step(schedule, &x, t, &eps)?,
-        };
+        let eps = noise_estimates(model, &x, t, cond)?;
+        let step = SamplingStep { update: method.update(schedule, &ts, i), guidance, seed: noise, offset: i as u64 };
+        x = x.sampling_step(&eps, &step)?;
         observe(i, t, &x);
     }
     Ok(x)
@@ -249,7 +216,7 @@ pub fn sample_ddim(
     cond: Conditioning,
     noise: u64,
 ) -> Result<Tensor> {
-    Ok(ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, noise)?.clamp(-1.0, 1.0))
+    ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, noise)?.clamp(-1.0, 1.0)
 }
 
 /// The DDIM loop's last x, before the final clamp to the pixel range.
@@ -268,7 +235,7 @@ pub fn ddim_trajectory_end(
 /// DDPM ancestral sampling over all T steps from x_T ~ N(0, I) (paper Algorithm 2).
 /// Returns x_0 clamped to [-1, 1].
 pub fn sample_ddpm(model: &UNet, schedule: &Schedule, x_t: &Tensor, cond: Conditioning, noise: u64) -> Result<Tensor> {
-    Ok(run(model, schedule, x_t, Method::Ddpm, cond, noise, &mut |_, _, _| {})?.clamp(-1.0, 1.0))
+    run(model, schedule, x_t, Method::Ddpm, cond, noise, &mut |_, _, _| {})?.clamp(-1.0, 1.0)
 }
 
 #[cfg(test)]

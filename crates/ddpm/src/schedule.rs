@@ -123,7 +123,7 @@ impl Schedule {
             ));
         }
         let (a, b) = (self.a(t) as f32, self.b(t) as f32);
-        x_prev.zip_map(e, |x, e| a * x + b * e)
+        x_prev.scale(a)?.add(&e.scale(b)?)
     }
 
     /// Lecture section 2: x_t the slow way, running [`Schedule::noise_step`]
@@ -139,11 +139,13 @@ impl Schedule {
     }
 
     /// Lecture section 4 (paper eq. 4): x_t = abar_t x_0 + bbar_t e, in one step,
-    /// for a batch x0 [N, ...] with one timestep per sample.
+    /// for a batch x0 [N, ...] with one timestep per sample, on x0's device.
     /// As the reference: alphabar_t is rounded to f32 first, then square-rooted in f32.
     pub fn q_sample(&self, x0: &Tensor, t: &[usize], eps: &Tensor) -> Result<Tensor> {
         eps.expect_shape("q_sample", x0.shape())?;
-        let n = x0.dims().first().copied().unwrap_or(0);
+        let Some(&n) = x0.dims().first() else {
+            return Err(TensorError::invalid("q_sample", "needs a batch [N, ...], got a scalar"));
+        };
         if t.len() != n {
             return Err(TensorError::invalid("q_sample", format!("{} timesteps for a batch of {n}", t.len())));
         }
@@ -153,14 +155,18 @@ impl Schedule {
                 format!("timestep {bad} is not below T = {}", self.timesteps()),
             ));
         }
-        let per_sample = x0.numel() / n.max(1);
-        let mut out = x0.to_vec();
-        for ((o, e), &step) in out.chunks_mut(per_sample).zip(eps.as_slice().chunks(per_sample)).zip(t) {
-            let ab = self.alphas_cumprod[step] as f32;
-            let (signal, noise) = (ab.sqrt(), (1.0 - ab).sqrt());
-            o.iter_mut().zip(e).for_each(|(x, &e)| *x = signal * *x + noise * e);
-        }
-        Tensor::from_vec(out, x0.shape().clone())
+        // abar_t and bbar_t of each image, [N, 1, ..., 1], made on the host.
+        let (signal, noise): (Vec<f32>, Vec<f32>) = t
+            .iter()
+            .map(|&step| {
+                let ab = self.alphas_cumprod[step] as f32;
+                (ab.sqrt(), (1.0 - ab).sqrt())
+            })
+            .unzip();
+        let mut per_image = vec![1; x0.rank()];
+        per_image[0] = n;
+        let coefficient = |v: Vec<f32>| Tensor::from_vec(v, per_image.clone())?.to(x0.device());
+        x0.mul(&coefficient(signal)?)?.add(&eps.mul(&coefficient(noise)?)?)
     }
 }
 

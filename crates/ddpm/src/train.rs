@@ -21,6 +21,7 @@ use ddpm_autograd::{Tensor, TensorError, Var};
 use ddpm_nn::checkpoint::{self, CheckpointError, Metadata};
 use ddpm_nn::optim::{clip_grad_norm, Adam, AdamConfig, Ema};
 use ddpm_nn::{Module, Preset, UNet};
+use ddpm_tensor::Device;
 use rand::rngs::StdRng;
 use rand::Rng;
 
@@ -40,6 +41,9 @@ pub enum TrainError {
     State { path: PathBuf, reason: String },
     #[error("{0}")]
     Config(String),
+    /// The loss or the gradient norm was not finite. The step had already
+    /// updated the weights (a device reports the two numbers only at the end
+    /// of the step), so the trainer is not usable after this: the last save is.
     #[error("the loss became {loss} at step {step}: training diverged; try a lower --lr or a longer warm-up")]
     Diverged { step: u64, loss: f32 },
 }
@@ -199,7 +203,7 @@ impl Trainer {
         let model = UNet::new(config.preset, config.classes, &mut stream(config.seed, Stream::Init, 0));
         let named = model.named_params();
         let params: Vec<Var> = named.iter().map(|(_, p)| p.clone()).collect();
-        let adam = Adam::new(&params, AdamConfig { lr: config.lr, ..AdamConfig::default() });
+        let adam = Adam::new(&params, AdamConfig { lr: config.lr, ..AdamConfig::default() })?;
         let ema = Ema::new(&params, config.ema_decay);
         let schedule = Schedule::new(config.schedule, config.timesteps);
         Ok(Trainer { config, model, named, params, schedule, adam, ema, batches, data_len, step: 0 })
@@ -262,26 +266,41 @@ impl Trainer {
     }
 
     /// One training step on `data`, which must be the data set of
-    /// [`Trainer::new`] (its length is checked).
+    /// [`Trainer::new`] (its length is checked), on the trainer's device.
+    /// The batch and the step's noise are drawn on the host and sent there;
+    /// the loss and the gradient norm are the only numbers read back, once,
+    /// at the end of the step.
     pub fn train_step(&mut self, data: &Split) -> Result<StepStats, TrainError> {
         let k = self.step;
         let (x0, labels, mut rng) = self.batch_and_labels(data)?;
         let loss = train_loss(&self.model, &self.schedule, &x0, labels.as_deref(), &mut rng)?;
-        let loss_value = loss.value().item()?;
-        if !loss_value.is_finite() {
-            return Err(TrainError::Diverged { step: k + 1, loss: loss_value });
-        }
         let mut grads = loss.backward()?;
-        let grad_norm = clip_grad_norm(&self.params, &mut grads, self.config.clip);
-        if !grad_norm.is_finite() {
-            return Err(TrainError::Diverged { step: k + 1, loss: grad_norm });
-        }
+        let grad_norm = clip_grad_norm(&self.params, &mut grads, self.config.clip)?;
         let lr = self.lr_at(k);
         self.adam.set_lr(lr);
         self.adam.step(&self.params, &grads)?;
         self.ema.update(&self.params)?;
+        let read = Tensor::concat(&[&loss.value().reshape([1])?, &grad_norm.reshape([1])?], 0)?.to(Device::Cpu)?;
+        let [loss, grad_norm] = [read.as_slice()[0], read.as_slice()[1]];
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            return Err(TrainError::Diverged { step: k + 1, loss: if loss.is_finite() { grad_norm } else { loss } });
+        }
         self.step += 1;
-        Ok(StepStats { step: self.step, epoch: self.batches.epoch_of(k), loss: loss_value, grad_norm, lr })
+        Ok(StepStats { step: self.step, epoch: self.batches.epoch_of(k), loss, grad_norm, lr })
+    }
+
+    /// Where the run's weights, moments and average live.
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
+    /// Moves the run to `device`: the weights, Adam's moments and the EMA
+    /// (a fresh or resumed trainer starts on the host).
+    pub fn to_device(&mut self, device: Device) -> Result<(), TrainError> {
+        self.model.to_device(device)?;
+        self.adam.to_device(device)?;
+        self.ema.to_device(device)?;
+        Ok(())
     }
 
     /// The interchange metadata of this run's model files.

@@ -23,7 +23,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ddpm_autograd::{Shape, Tensor, Var};
+use ddpm_autograd::{Shape, Tensor, TensorError, Var};
+use ddpm_tensor::Device;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 /// The interchange metadata: which model and which noise schedule the weights
@@ -100,6 +101,9 @@ pub enum CheckpointError {
     DuplicateName { path: PathBuf, name: String },
     #[error("checkpoint {}: {source}", .path.display())]
     Metadata { path: PathBuf, source: MetadataError },
+    /// Moving the values between the host and the model's device failed.
+    #[error("checkpoint {}: {source}", .path.display())]
+    Device { path: PathBuf, source: TensorError },
 }
 
 /// Named tensors as read from a file, sorted by name.
@@ -127,7 +131,11 @@ pub fn save_tensors(
     if let Some((name, _)) = tensors.iter().find(|(name, _)| !seen.insert(name)) {
         return Err(CheckpointError::DuplicateName { path: path.to_path_buf(), name: name.clone() });
     }
-    let views = tensors.iter().map(|(name, t)| (name.as_str(), F32View::new(t)));
+    // A tensor on a device comes to the host to be written.
+    let device_error = |source| CheckpointError::Device { path: path.to_path_buf(), source };
+    let host: Vec<Tensor> =
+        tensors.iter().map(|(_, t)| t.to(Device::Cpu)).collect::<Result<_, _>>().map_err(device_error)?;
+    let views = tensors.iter().zip(&host).map(|((name, _), t)| (name.as_str(), F32View::new(t)));
     // An empty map is written as no `__metadata__` entry at all.
     let metadata = (!metadata.is_empty()).then(|| metadata.clone());
     let bytes = safetensors::serialize(views, &metadata)
@@ -255,13 +263,10 @@ pub fn read_metadata(path: &Path) -> Result<Metadata, CheckpointError> {
 /// checked before the first value is set, so a refused file leaves the model
 /// as it was.
 pub fn load_into(path: &Path, params: &[(String, Var)]) -> Result<Metadata, CheckpointError> {
-    let (mut tensors, map) = load_tensors(path)?;
+    let (tensors, map) = load_tensors(path)?;
     let meta =
         Metadata::from_map(&map).map_err(|source| CheckpointError::Metadata { path: path.to_path_buf(), source })?;
-    check_names_and_shapes(path, &tensors, params)?;
-    for (name, p) in params {
-        p.set_value(tensors.remove(name).expect("checked above"));
-    }
+    set_values(path, tensors, params)?;
     Ok(meta)
 }
 
@@ -269,12 +274,25 @@ pub fn load_into(path: &Path, params: &[(String, Var)]) -> Result<Metadata, Chec
 /// any metadata or none (a training state, a file written by another tool),
 /// and returns that metadata as it is.
 pub fn load_tensors_into(path: &Path, params: &[(String, Var)]) -> Result<HashMap<String, String>, CheckpointError> {
-    let (mut tensors, map) = load_tensors(path)?;
-    check_names_and_shapes(path, &tensors, params)?;
-    for (name, p) in params {
-        p.set_value(tensors.remove(name).expect("checked above"));
-    }
+    let (tensors, map) = load_tensors(path)?;
+    set_values(path, tensors, params)?;
     Ok(map)
+}
+
+/// Checks `tensors` against `params`, moves each to its parameter's device,
+/// and only then sets them all: a refused file (or a failed upload) leaves
+/// the model as it was.
+fn set_values(path: &Path, mut tensors: Tensors, params: &[(String, Var)]) -> Result<(), CheckpointError> {
+    check_names_and_shapes(path, &tensors, params)?;
+    let values = params
+        .iter()
+        .map(|(name, p)| tensors.remove(name).expect("checked above").to(p.value().device()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| CheckpointError::Device { path: path.to_path_buf(), source })?;
+    for ((_, p), v) in params.iter().zip(values) {
+        p.set_value(v);
+    }
+    Ok(())
 }
 
 /// The file's tensors must be exactly the parameters, shape for shape. The

@@ -55,10 +55,10 @@ impl Classifier {
     /// x [N, 1, 28, 28] -> the penultimate features [N, 128] (non-negative: after ReLU).
     pub fn features(&self, x: &Var) -> Result<Var> {
         let n = x.dims()[0];
-        let h = self.conv1.forward(x)?.relu().max_pool2x2()?; // [N, 16, 14, 14]
-        let h = self.conv2.forward(&h)?.relu().max_pool2x2()?; // [N, 32, 7, 7]
+        let h = self.conv1.forward(x)?.relu()?.max_pool2x2()?; // [N, 16, 14, 14]
+        let h = self.conv2.forward(&h)?.relu()?.max_pool2x2()?; // [N, 32, 7, 7]
         let h = h.reshape([n, Self::FLAT])?; // [N, 1568]
-        Ok(self.fc1.forward(&h)?.relu()) // [N, 128]
+        self.fc1.forward(&h)?.relu() // [N, 128]
     }
 
     /// The logits [N, 10] of features [N, 128] (softmax gives the class probabilities).

@@ -1,6 +1,7 @@
 //! Naming parameters the way PyTorch's `state_dict()` does.
 
-use ddpm_autograd::Var;
+use ddpm_autograd::{Result, Var};
+use ddpm_tensor::Device;
 
 /// Parameters with their dotted names (`down.0.conv1.weight`), in the order
 /// PyTorch registers them (the order of `named_parameters()`).
@@ -22,5 +23,20 @@ pub trait Module {
     /// The number of trainable scalars.
     fn num_params(&self) -> usize {
         self.named_params().iter().map(|(_, p)| p.shape().numel()).sum()
+    }
+
+    /// Moves every parameter to `device` (`Tensor::to`: those already there
+    /// stay as they are). The forward pass then runs there.
+    fn to_device(&self, device: Device) -> Result<()> {
+        for (_, p) in self.named_params() {
+            p.set_value(p.value().to(device)?);
+        }
+        Ok(())
+    }
+
+    /// Where the parameters are (the first one's device; the host for a
+    /// module without parameters).
+    fn device(&self) -> Device {
+        self.named_params().first().map_or(Device::Cpu, |(_, p)| p.value().device())
     }
 }

@@ -6,13 +6,14 @@
 //! the reference take the same steps; `crates/nn/tests/optim.rs` checks the
 //! numbers against tensors written by PyTorch.
 //!
-//! Every update is one loop over a parameter's elements, split across rayon's
-//! threads in chunks: the moments and gradients are updated in place, and
-//! Adam's new weights go to a buffer from the tensor pool (the old ones are
-//! shared with the model's Var, so they cannot be overwritten).
+//! Every update runs where the parameters live, as one fused op per
+//! parameter (`Tensor::adam_update`, `Tensor::lerp_assign`: a rayon loop on
+//! the host, one kernel of kernels/optim.cu on a device). The gradient norm
+//! stays on the parameters' device too, so a training step on a GPU reads
+//! nothing back until the caller asks for the loss and the norm.
 
 use ddpm_autograd::{Gradients, Result, Tensor, TensorError, Var};
-use rayon::prelude::*;
+use ddpm_tensor::backend::AdamStep;
 
 /// Adam's hyperparameters, named as in Kingma & Ba (2015), Algorithm 1:
 /// `lr` is alpha, `beta1` and `beta2` the decay rates of the two moment
@@ -27,16 +28,21 @@ pub struct AdamConfig {
 
 impl AdamConfig {
     /// The scalars of step t (1-based), in f64 as PyTorch computes them (in
-    /// Python floats): (lr / (1 - b1^t), sqrt(1 - b2^t)). The moments start
-    /// at zero, so early on they underestimate the true moments by exactly
-    /// these factors: dividing the step by 1 - b1^t gives mhat_t = m_t / (1 -
-    /// b1^t) for free, and sqrt(vhat_t) = sqrt(v_t) / sqrt(1 - b2^t). The
-    /// device's Adam (`ddpm::device_train`) takes the same two numbers.
-    pub fn bias_corrections(&self, t: u64) -> (f32, f32) {
+    /// Python floats): step_size = lr / (1 - b1^t) and sqrt(1 - b2^t). The
+    /// moments start at zero, so early on they underestimate the true moments
+    /// by exactly these factors: dividing the step by 1 - b1^t gives mhat_t =
+    /// m_t / (1 - b1^t) for free, and sqrt(vhat_t) = sqrt(v_t) / sqrt(1 - b2^t).
+    pub fn step_scalars(&self, t: u64) -> AdamStep {
         let t = t as f64;
         let bias_correction1 = 1.0 - (self.beta1 as f64).powf(t);
         let bias_correction2 = 1.0 - (self.beta2 as f64).powf(t);
-        ((self.lr as f64 / bias_correction1) as f32, bias_correction2.sqrt() as f32)
+        AdamStep {
+            step_size: (self.lr as f64 / bias_correction1) as f32,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            eps: self.eps,
+        }
     }
 }
 
@@ -74,10 +80,11 @@ pub struct Adam {
 }
 
 impl Adam {
-    /// An optimiser for `params`, with both moments at zero (m_0 = 0, v_0 = 0).
-    pub fn new(params: &[Var], config: AdamConfig) -> Adam {
-        let zeros = || params.iter().map(|p| Tensor::zeros(p.shape())).collect();
-        Adam { config, step_count: 0, m: zeros(), v: zeros() }
+    /// An optimiser for `params`, with both moments at zero (m_0 = 0, v_0 = 0),
+    /// each on its parameter's device.
+    pub fn new(params: &[Var], config: AdamConfig) -> Result<Adam> {
+        let zeros = || params.iter().map(|p| p.value().zeros_like()).collect::<Result<Vec<_>>>();
+        Ok(Adam { config, step_count: 0, m: zeros()?, v: zeros()? })
     }
 
     pub fn config(&self) -> AdamConfig {
@@ -106,15 +113,26 @@ impl Adam {
     }
 
     /// Puts back a saved state: the step count and the moments written by
-    /// [`Adam::moments`]. Refuses a state of another length or shape (a
-    /// different model), leaving the optimiser unchanged.
+    /// [`Adam::moments`], moved to the device of the moments they replace.
+    /// Refuses a state of another length or shape (a different model),
+    /// leaving the optimiser unchanged.
     pub fn restore(&mut self, step_count: u64, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
         for (what, saved) in [("m", &m), ("v", &v)] {
             check_same_shapes("Adam::restore", what, &self.m, saved)?;
         }
+        let m = to_devices_of(&self.m, m)?;
+        let v = to_devices_of(&self.v, v)?;
         self.step_count = step_count;
         self.m = m;
         self.v = v;
+        Ok(())
+    }
+
+    /// Moves the moments to `device` (with their parameters).
+    pub fn to_device(&mut self, device: ddpm_tensor::Device) -> Result<()> {
+        for t in self.m.iter_mut().chain(&mut self.v) {
+            *t = t.to(device)?;
+        }
         Ok(())
     }
 
@@ -136,36 +154,17 @@ impl Adam {
             }
         }
 
-        let AdamConfig { beta1: b1, beta2: b2, eps, .. } = self.config;
         // t <- t + 1
         self.step_count += 1;
-        let (step_size, bias_correction2_sqrt) = self.config.bias_corrections(self.step_count);
-
+        let scalars = self.config.step_scalars(self.step_count);
         for ((p, m), v) in params.iter().zip(&mut self.m).zip(&mut self.v) {
             let Some(g) = grads.get(p) else { continue };
-            // The parameter's buffer is shared with the Var: the new values go
-            // to a fresh buffer, which then replaces the Var's value.
-            let theta = p.value();
-            let mut next = ddpm_tensor::pool::take(theta.numel());
-            // Element by element, so the split across threads changes no value.
-            next.par_chunks_mut(CHUNK)
-                .zip(theta.as_slice().par_chunks(CHUNK))
-                .zip(m.as_mut_slice().par_chunks_mut(CHUNK))
-                .zip(v.as_mut_slice().par_chunks_mut(CHUNK))
-                .zip(g.as_slice().par_chunks(CHUNK))
-                .for_each(|((((next, theta), m), v), g)| {
-                    for ((((next, &theta), m), v), &g) in next.iter_mut().zip(theta).zip(m).zip(v).zip(g) {
-                        // m_t = b1 m_{t-1} + (1 - b1) g_t
-                        *m = b1 * *m + (1.0 - b1) * g;
-                        // v_t = b2 v_{t-1} + (1 - b2) g_t^2
-                        *v = b2 * *v + (1.0 - b2) * (g * g);
-                        // sqrt(vhat_t) + eps, with vhat_t = v_t / (1 - b2^t)
-                        let denom = v.sqrt() / bias_correction2_sqrt + eps;
-                        // theta_t = theta_{t-1} - alpha mhat_t / (sqrt(vhat_t) + eps)
-                        *next = theta - step_size * (*m / denom);
-                    }
-                });
-            p.set_value(Tensor::from_vec(next, theta.shape().clone())?);
+            // m_t = b1 m_{t-1} + (1 - b1) g_t
+            // v_t = b2 v_{t-1} + (1 - b2) g_t^2
+            // theta_t = theta_{t-1} - alpha mhat_t / (sqrt(vhat_t) + eps),
+            //   mhat_t = m_t / (1 - b1^t), vhat_t = v_t / (1 - b2^t),
+            // in one pass; the new weights replace the Var's value.
+            p.set_value(p.value().adam_update(g, m, v, &scalars)?);
         }
         Ok(())
     }
@@ -179,7 +178,8 @@ impl Adam {
 
 /// Rescales the gradients of `params` so that their global L2 norm is at most
 /// `max_norm`, as `torch.nn.utils.clip_grad_norm_` does, and returns the norm
-/// before clipping.
+/// before clipping (a scalar tensor on the gradients' device: reading it is
+/// the caller's choice, since on a GPU that waits for the step).
 ///
 /// The norm is taken over all gradients at once, as if they were one long
 /// vector: ||g|| = sqrt(sum over every element of g^2) (accumulated in f64).
@@ -189,43 +189,23 @@ impl Adam {
 ///
 /// A non-finite norm (an overflow or a NaN somewhere) makes every gradient
 /// non-finite too, as in PyTorch; the caller sees it in the returned norm and
-/// should skip the step.
-pub fn clip_grad_norm(params: &[Var], grads: &mut Gradients, max_norm: f32) -> f32 {
-    let sum_of_squares: f64 = params.iter().filter_map(|p| grads.get(p)).map(|g| sum_of_squares(g.as_slice())).sum();
-    let total_norm = sum_of_squares.sqrt() as f32;
-    let clip_coef = max_norm / (total_norm + 1e-6);
-    // min(1, coef): a coefficient of 1 changes nothing, so only a smaller one
-    // is applied; a NaN one is too, as PyTorch's clamp keeps NaN.
-    if clip_coef < 1.0 || clip_coef.is_nan() {
-        for p in params {
-            if let Some(g) = grads.get_mut(p) {
-                g.as_mut_slice().par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|x| *x *= clip_coef));
-            }
+/// should stop.
+pub fn clip_grad_norm(params: &[Var], grads: &mut Gradients, max_norm: f32) -> Result<Tensor> {
+    let present: Vec<&Tensor> = params.iter().filter_map(|p| grads.get(p)).collect();
+    if present.is_empty() {
+        return Ok(Tensor::scalar(0.0));
+    }
+    let total_norm = Tensor::global_norm(&present)?;
+    // coef = max_norm / (||g|| + 1e-6), then min(1, coef); a NaN coefficient
+    // stays NaN (as PyTorch's clamp keeps it), so that the caller sees it.
+    let coef = total_norm.full_like(max_norm)?.div(&total_norm.affine(1.0, 1e-6)?)?;
+    let factor = coef.clamp(f32::NEG_INFINITY, 1.0)?;
+    for p in params {
+        if let Some(g) = grads.get_mut(p) {
+            g.scale_by(&factor)?;
         }
     }
-    total_norm
-}
-
-/// Elements a parallel task of the optimiser handles.
-const CHUNK: usize = 1 << 14;
-
-/// The sum of x^2 in f64, in a fixed order whatever the number of threads:
-/// chunks of [`CHUNK`] summed in parallel, each in 8 interleaved partial sums
-/// (which the compiler keeps in vector lanes), then the chunks' sums in order.
-fn sum_of_squares(x: &[f32]) -> f64 {
-    let chunk_sum = |c: &[f32]| {
-        let mut lanes = [0.0f64; 8];
-        let mut eights = c.chunks_exact(8);
-        for e in &mut eights {
-            for (acc, &v) in lanes.iter_mut().zip(e) {
-                *acc += f64::from(v) * f64::from(v);
-            }
-        }
-        let tail: f64 = eights.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        lanes.iter().sum::<f64>() + tail
-    };
-    let sums: Vec<f64> = x.par_chunks(CHUNK).map(chunk_sum).collect();
-    sums.iter().sum()
+    Ok(total_norm)
 }
 
 /// The EMA's decay after `updates` updates: min(decay, (1 + n) / (10 + n)),
@@ -286,31 +266,35 @@ impl Ema {
         ema_decay(self.decay, self.num_updates)
     }
 
-    /// Averages the current weights in: shadow <- d shadow + (1 - d) theta.
+    /// Averages the current weights in: shadow <- d shadow + (1 - d) theta,
+    /// written as s + (1 - d)(theta - s): the same average, and a shadow
+    /// equal to theta stays exactly equal.
     pub fn update(&mut self, params: &[Var]) -> Result<()> {
         let values: Vec<Tensor> = params.iter().map(|p| p.value()).collect();
         check_same_shapes("Ema::update", "parameter", &self.shadow, &values)?;
         let d = self.current_decay();
         for (shadow, theta) in self.shadow.iter_mut().zip(&values) {
-            let chunks = shadow.as_mut_slice().par_chunks_mut(CHUNK).zip(theta.as_slice().par_chunks(CHUNK));
-            chunks.for_each(|(shadow, theta)| {
-                for (s, &theta) in shadow.iter_mut().zip(theta) {
-                    // d s + (1 - d) theta, written as s + (1 - d)(theta - s): the
-                    // same average, and a shadow equal to theta stays exactly equal.
-                    *s += (1.0 - d) * (theta - *s);
-                }
-            });
+            shadow.lerp_assign(theta, 1.0 - d)?;
         }
         self.num_updates += 1;
         Ok(())
     }
 
     /// Puts back a saved average and its update count (so the warm-up resumes
-    /// where it was). Refuses tensors of another number or shape.
+    /// where it was), on the device of the average it replaces. Refuses
+    /// tensors of another number or shape.
     pub fn restore(&mut self, shadow: Vec<Tensor>, num_updates: u64) -> Result<()> {
         check_same_shapes("Ema::restore", "shadow", &self.shadow, &shadow)?;
-        self.shadow = shadow;
+        self.shadow = to_devices_of(&self.shadow, shadow)?;
         self.num_updates = num_updates;
+        Ok(())
+    }
+
+    /// Moves the average to `device` (with the parameters).
+    pub fn to_device(&mut self, device: ddpm_tensor::Device) -> Result<()> {
+        for t in &mut self.shadow {
+            *t = t.to(device)?;
+        }
         Ok(())
     }
 
@@ -327,6 +311,11 @@ impl Ema {
     }
 }
 
+/// `given`, each moved to the device of its counterpart in `like`.
+fn to_devices_of(like: &[Tensor], given: Vec<Tensor>) -> Result<Vec<Tensor>> {
+    like.iter().zip(given).map(|(l, g)| g.to(l.device())).collect()
+}
+
 /// Errors unless `given` has as many tensors as `expected`, each of the same
 /// shape; `what` names the given tensors in the message.
 fn check_same_shapes(op: &'static str, what: &str, expected: &[Tensor], given: &[Tensor]) -> Result<()> {
@@ -341,22 +330,4 @@ fn check_same_shapes(op: &'static str, what: &str, expected: &[Tensor], given: &
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_parallel_sum_of_squares_is_the_plain_one_and_does_not_depend_on_threads() {
-        // Several chunks and a ragged tail; values of very different sizes.
-        let x: Vec<f32> =
-            (0..3 * CHUNK + 13).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5 + (i % 3) as f32 * 40.0).collect();
-        let plain: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        let parallel = sum_of_squares(&x);
-        assert!((parallel - plain).abs() <= 1e-12 * plain, "{parallel} vs {plain}");
-        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-        assert_eq!(one_thread.install(|| sum_of_squares(&x)), parallel);
-        assert_eq!(sum_of_squares(&[]), 0.0);
-    }
 }

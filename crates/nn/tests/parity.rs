@@ -23,7 +23,7 @@ fn rng() -> StdRng {
 
 /// Backpropagates L = sum(out * d_out) and returns the gradients.
 fn backward_from(out: &Var, d_out: &Tensor) -> ddpm_autograd::Gradients {
-    out.mul(&Var::constant(d_out.clone())).unwrap().sum_all().backward().unwrap()
+    out.mul(&Var::constant(d_out.clone())).unwrap().sum_all().unwrap().backward().unwrap()
 }
 
 /// Loads `param.<name>` into every parameter, runs `forward`, checks `out`,
@@ -94,7 +94,7 @@ fn linear_matches_pytorch() {
 fn elementwise_and_layout_layers_match_pytorch() {
     type Layer = fn(&Var) -> Var;
     let cases: [(&str, Layer); 3] = [
-        ("silu", |x| x.silu()),
+        ("silu", |x| x.silu().unwrap()),
         ("upsample", |x| x.upsample_nearest2x().unwrap()),
         ("softmax", |x| x.softmax().unwrap()),
     ];

@@ -1,4 +1,4 @@
-use crate::Shape;
+use crate::{Device, Shape};
 
 /// Why a tensor operation refused its inputs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -13,6 +13,13 @@ pub enum TensorError {
     Axis { op: &'static str, axis: usize, rank: usize },
     #[error("{op}: {msg}")]
     Invalid { op: &'static str, msg: String },
+    #[error("{op}: one operand is on {lhs} and another on {rhs}; move one of them with .to(device)")]
+    DeviceMismatch { op: &'static str, lhs: Device, rhs: Device },
+    #[error("{op} has no kernel on {device}: it runs on the CPU only (move the tensor with .to(Device::Cpu))")]
+    NoDeviceKernel { op: &'static str, device: Device },
+    /// A device refused or failed a launch, an allocation or a copy.
+    #[error("{op} on {device}: {msg}")]
+    Device { op: &'static str, device: Device, msg: String },
 }
 
 pub type Result<T> = std::result::Result<T, TensorError>;

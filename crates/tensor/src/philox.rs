@@ -15,7 +15,8 @@
 //! Uniforms (dropout's masks) use all four words of each counter, in blocks
 //! of 64 from 16 counters (see [`uniform`]).
 
-use crate::{Shape, Tensor};
+use crate::backend::backend_of;
+use crate::{placement, Device, Placement, Result, Shape, Tensor};
 
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
@@ -157,7 +158,12 @@ impl Tensor {
     /// `x[i] * 0` where [`uniform`]`(seed, 0, i)` < p, else `x[i] / (1 - p)`. The mask
     /// is recomputed where it is needed rather than stored: the gradient of
     /// dropout is the same op on the gradient (`g.dropout(seed, p)`).
-    pub fn dropout(&self, seed: u64, p: f32) -> Tensor {
+    pub fn dropout(&self, seed: u64, p: f32) -> Result<Tensor> {
+        if let Placement::Device(backend) = placement("dropout", &[self])? {
+            let mut y = backend.alloc(self.numel())?;
+            backend.dropout(self.buffer(), &mut *y, seed, p)?;
+            return Ok(Tensor::from_device(&backend, y, self.shape().clone()));
+        }
         let keep = 1.0 / (1.0 - p);
         let x = self.as_slice();
         let mut y = crate::pool::take(x.len());
@@ -166,11 +172,24 @@ impl Tensor {
                 *y = x * dropout_factor(u, p, keep);
             }
         });
-        Tensor::from_parts(y, self.shape().clone())
+        Ok(Tensor::from_parts(y, self.shape().clone()))
     }
 
-    /// Standard normal samples from Philox: draw `offset` of stream `seed`,
-    /// the same numbers the GPU's `randn_f32` kernel gives.
+    /// Standard normal samples from Philox on `device`: element i is
+    /// [`normal`]`(seed, offset, i)`, the same numbers on every device.
+    pub fn randn_philox_on(shape: impl Into<Shape>, seed: u64, offset: u64, device: Device) -> Result<Tensor> {
+        let shape = shape.into();
+        if device == Device::Cpu {
+            return Ok(Tensor::randn_philox(shape, seed, offset));
+        }
+        let backend = backend_of(device)?;
+        let mut out = backend.alloc(shape.numel())?;
+        backend.randn_philox(&mut *out, seed, offset)?;
+        Ok(Tensor::from_device(&backend, out, shape))
+    }
+
+    /// Standard normal samples from Philox, on the host: draw `offset` of
+    /// stream `seed`, the same numbers the GPU's `randn_f32` kernel gives.
     pub fn randn_philox(shape: impl Into<Shape>, seed: u64, offset: u64) -> Tensor {
         let shape = shape.into();
         let mut data = crate::pool::take(shape.numel());

@@ -23,7 +23,7 @@ pub fn dropout(x: &Var, p: f32, mode: &mut Mode) -> Result<Var> {
     match mode {
         Mode::Train(rng) if p > 0.0 => {
             let seed: u64 = rng.gen();
-            Ok(x.dropout(seed, p))
+            x.dropout(seed, p)
         }
         _ => Ok(x.clone()),
     }

@@ -37,7 +37,7 @@ impl ResBlock {
     pub fn forward(&self, x: &Var, temb: &Var, mode: &mut Mode) -> Result<Var> {
         // h = conv1(silu(norm1(x))) + temb_proj(silu(temb)) [N, Cout] broadcast
         // over the positions: the add happens as conv1 writes h.
-        let t = self.temb_proj.forward(&temb.silu())?;
+        let t = self.temb_proj.forward(&temb.silu()?)?;
         let h = self.conv1.forward_add(&self.norm1.forward_silu(x)?, Some(&t), None)?;
         let h = dropout(&self.norm2.forward_silu(&h)?, self.dropout, mode)?;
         // skip(x) + conv2(h), the sum again made as conv2 writes its output.
@@ -87,7 +87,7 @@ impl AttnBlock {
         let qkv = self.qkv.forward(&self.norm.forward(x)?)?.reshape([n, 3 * c, h * w])?;
         let (q, k, v) = (qkv.narrow(1, 0, c)?, qkv.narrow(1, c, c)?, qkv.narrow(1, 2 * c, c)?);
         // q^T k without copying q: [N, HW, C] x [N, C, HW] -> [N, HW, HW].
-        let att = q.matmul_tn(&k)?.scale(1.0 / (c as f32).sqrt()).softmax()?;
+        let att = q.matmul_tn(&k)?.scale(1.0 / (c as f32).sqrt())?.softmax()?;
         // v att^T: [N, C, HW] x [N, HW, HW]^T -> [N, C, HW].
         let out = v.matmul_nt(&att)?.reshape([n, c, h, w])?;
         self.proj.forward_add(&out, None, Some(x))

@@ -36,8 +36,6 @@ impl Module for Block {
 pub struct UNet {
     pub preset: Preset,
     pub num_classes: usize,
-    // The layers are public for other executors of the same forward pass
-    // (`ddpm::device` runs it with the CUDA kernels); `forward` is the spec.
     pub base: usize,
     /// Linear(base, 4 base), SiLU, Linear(4 base, 4 base): names time_mlp.0 and time_mlp.2.
     pub time_mlp: (Linear, Linear),
@@ -124,8 +122,9 @@ impl UNet {
         if t.len() != n {
             return Err(TensorError::invalid("unet", format!("{} timesteps for a batch of {n}", t.len())));
         }
-        let temb = Var::constant(timestep_embedding(t, self.base)?);
-        let mut emb = self.time_mlp.1.forward(&self.time_mlp.0.forward(&temb)?.silu())?;
+        // t's sinusoidal embedding is made on the host, then goes where x is.
+        let temb = Var::constant(timestep_embedding(t, self.base)?.to(x.value().device())?);
+        let mut emb = self.time_mlp.1.forward(&self.time_mlp.0.forward(&temb)?.silu()?)?;
         if let Some(class_emb) = &self.class_emb {
             let labels = match y {
                 Some(y) if y.len() == n => y.to_vec(),

@@ -7,7 +7,8 @@
 //! loop over [N, C] rows of H*W contiguous elements with one bias value each.
 
 use super::parallel::{for_each_row, row_offsets};
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::backend::Broadcast;
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 /// The arithmetic that a broadcasting binary op applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +21,7 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             BinaryOp::Add => "add",
             BinaryOp::Sub => "sub",
@@ -31,38 +32,31 @@ impl BinaryOp {
     }
 }
 
-/// The operand strides of a broadcast walk after merging axes.
-struct Walk {
-    /// Extents of the merged axes; the last one is the inner loop.
-    dims: Vec<usize>,
-    a: Vec<usize>,
-    b: Vec<usize>,
-}
-
 /// Merges axis i into axis i+1 wherever both operands step through them as one
 /// contiguous run (stride[i] == stride[i+1] * dims[i+1]), and drops unit axes.
-fn plan(out: &Shape, a: &Shape, b: &Shape) -> Walk {
+/// The last of the merged axes is the inner loop of the CPU kernel.
+pub(crate) fn plan(out: &Shape, a: &Shape, b: &Shape) -> Broadcast {
     let (sa, sb) = (a.broadcast_strides(out), b.broadcast_strides(out));
-    let mut walk = Walk { dims: vec![], a: vec![], b: vec![] };
+    let mut walk = Broadcast { dims: vec![], lhs: vec![], rhs: vec![] };
     for ((&d, &x), &y) in out.dims().iter().zip(&sa).zip(&sb) {
         if d == 1 {
             continue;
         }
         if let Some(&last) = walk.dims.last() {
-            let (la, lb) = (*walk.a.last().unwrap(), *walk.b.last().unwrap());
+            let (la, lb) = (*walk.lhs.last().unwrap(), *walk.rhs.last().unwrap());
             if la == x * d && lb == y * d {
                 *walk.dims.last_mut().unwrap() = last * d;
-                *walk.a.last_mut().unwrap() = x;
-                *walk.b.last_mut().unwrap() = y;
+                *walk.lhs.last_mut().unwrap() = x;
+                *walk.rhs.last_mut().unwrap() = y;
                 continue;
             }
         }
         walk.dims.push(d);
-        walk.a.push(x);
-        walk.b.push(y);
+        walk.lhs.push(x);
+        walk.rhs.push(y);
     }
     if walk.dims.is_empty() {
-        walk = Walk { dims: vec![1], a: vec![0], b: vec![0] };
+        walk = Broadcast { dims: vec![1], lhs: vec![0], rhs: vec![0] };
     }
     walk
 }
@@ -101,9 +95,9 @@ fn row_kernel(out: &mut [f32], a: &[f32], sa: usize, b: &[f32], sb: usize, f: im
 fn broadcast_with(a: &Tensor, b: &Tensor, out_shape: Shape, f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Tensor {
     let walk = plan(&out_shape, a.shape(), b.shape());
     let inner = *walk.dims.last().unwrap();
-    let (ia, ib) = (*walk.a.last().unwrap(), *walk.b.last().unwrap());
+    let (ia, ib) = (*walk.lhs.last().unwrap(), *walk.rhs.last().unwrap());
     let outer = &walk.dims[..walk.dims.len() - 1];
-    let (sa, sb) = (&walk.a[..outer.len()], &walk.b[..outer.len()]);
+    let (sa, sb) = (&walk.lhs[..outer.len()], &walk.rhs[..outer.len()]);
     let (da, db) = (a.as_slice(), b.as_slice());
     let mut out = crate::pool::take(out_shape.numel());
     for_each_row(&mut out, inner, |r, row| {
@@ -113,17 +107,30 @@ fn broadcast_with(a: &Tensor, b: &Tensor, out_shape: Shape, f: impl Fn(f32, f32)
     Tensor::from_parts(out, out_shape)
 }
 
+/// out = f(a, b) elementwise for two host tensors of the same shape.
+pub(crate) fn zip_host(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Tensor {
+    broadcast_with(a, b, a.shape().clone(), f)
+}
+
 impl Tensor {
-    /// out = a (op) b with broadcasting.
+    /// out = a (op) b with broadcasting, on the operands' device.
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Result<Tensor> {
         let shape = Shape::broadcast(op.name(), self.shape(), rhs.shape())?;
-        Ok(match op {
-            BinaryOp::Add => broadcast_with(self, rhs, shape, |x, y| x + y),
-            BinaryOp::Sub => broadcast_with(self, rhs, shape, |x, y| x - y),
-            BinaryOp::Mul => broadcast_with(self, rhs, shape, |x, y| x * y),
-            BinaryOp::Div => broadcast_with(self, rhs, shape, |x, y| x / y),
-            BinaryOp::Maximum => broadcast_with(self, rhs, shape, f32::max),
-        })
+        match placement(op.name(), &[self, rhs])? {
+            Placement::Cpu => Ok(match op {
+                BinaryOp::Add => broadcast_with(self, rhs, shape, |x, y| x + y),
+                BinaryOp::Sub => broadcast_with(self, rhs, shape, |x, y| x - y),
+                BinaryOp::Mul => broadcast_with(self, rhs, shape, |x, y| x * y),
+                BinaryOp::Div => broadcast_with(self, rhs, shape, |x, y| x / y),
+                BinaryOp::Maximum => broadcast_with(self, rhs, shape, f32::max),
+            }),
+            Placement::Device(backend) => {
+                let walk = plan(&shape, self.shape(), rhs.shape());
+                let mut out = backend.alloc(shape.numel())?;
+                backend.binary(op, self.buffer(), rhs.buffer(), &mut *out, &walk)?;
+                Ok(Tensor::from_device(&backend, out, shape))
+            }
+        }
     }
 
     pub fn add(&self, rhs: &Tensor) -> Result<Tensor> {
@@ -142,20 +149,25 @@ impl Tensor {
         self.binary(rhs, BinaryOp::Div)
     }
 
-    /// out = f(a, b) elementwise for two tensors of the same shape (no
-    /// broadcasting): the building block of fused backward rules.
+    /// out = f(a, b) elementwise for two host tensors of the same shape (no
+    /// broadcasting). A closure cannot run on a device: there this is an
+    /// error naming `zip_map`.
     pub fn zip_map(&self, rhs: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync + Copy) -> Result<Tensor> {
         rhs.expect_shape("zip_map", self.shape())?;
-        Ok(broadcast_with(self, rhs, self.shape().clone(), f))
+        match placement("zip_map", &[self, rhs])? {
+            Placement::Cpu => Ok(zip_host(self, rhs, f)),
+            Placement::Device(_) => Err(TensorError::NoDeviceKernel { op: "zip_map", device: self.device() }),
+        }
     }
 
     /// self += rhs, same shape; used to accumulate gradients without allocating.
     /// When self's buffer is shared with another tensor (an `add`'s backward
     /// hands one gradient to both inputs), the sum goes to a new buffer in one
-    /// pass, rather than copying self first and adding after.
+    /// pass, rather than copying self first and adding after. On a device the
+    /// sum always goes to a new buffer (from the backend's cache).
     pub fn add_assign(&mut self, rhs: &Tensor) -> Result<()> {
         rhs.expect_shape("add_assign", self.shape())?;
-        if !self.is_unshared() {
+        if matches!(placement("add_assign", &[self, rhs])?, Placement::Device(_)) || !self.is_unshared() {
             *self = self.add(rhs)?;
             return Ok(());
         }
@@ -170,6 +182,29 @@ impl Tensor {
             dst.iter_mut().zip(src).for_each(|(o, &x)| *o += x);
         }
         Ok(())
+    }
+
+    /// self *= factor, a one-element tensor on self's device: gradient
+    /// clipping's factor, which on a device is never read back to the host.
+    /// On the host a factor of exactly 1 changes nothing, and is skipped.
+    pub fn scale_by(&mut self, factor: &Tensor) -> Result<()> {
+        if factor.numel() != 1 {
+            return Err(TensorError::invalid("scale_by", format!("the factor has shape {}", factor.shape())));
+        }
+        match placement("scale_by", &[self, factor])? {
+            Placement::Cpu => {
+                let f = factor.as_slice()[0];
+                if f != 1.0 {
+                    use rayon::prelude::*;
+                    self.as_mut_slice().par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|x| *x *= f));
+                }
+                Ok(())
+            }
+            Placement::Device(_) => {
+                *self = self.mul(factor)?;
+                Ok(())
+            }
+        }
     }
 }
 

@@ -45,8 +45,9 @@ use rayon::prelude::*;
 
 use super::lanes::sum_f32;
 use super::{sgemm, sgemm_parallel, Transpose};
+use crate::backend::ConvShape;
 use crate::pool;
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "conv2d_direct.rs"]
@@ -137,6 +138,12 @@ impl Geometry {
 
     fn output_shape(&self) -> Shape {
         Shape::new([self.n, self.k, self.ho, self.wo])
+    }
+
+    /// The extents a device kernel takes.
+    fn device_shape(&self) -> ConvShape {
+        let Geometry { n, c, h, w, k, r, s, stride, pad, .. } = *self;
+        ConvShape { n, c, h, w, k, r, s, stride, pad }
     }
 
     /// Values in one sample of the input, C*H*W.
@@ -612,6 +619,13 @@ impl Tensor {
         if let Some(r) = residual {
             r.expect_shape("conv2d residual", &g.output_shape())?;
         }
+        let operands: Vec<&Tensor> = [Some(self), Some(weight), bias, shift, residual].into_iter().flatten().collect();
+        if let Placement::Device(backend) = placement("conv2d", &operands)? {
+            let mut y = backend.alloc(g.n * g.output_len())?;
+            let [bias, shift, residual] = [bias, shift, residual].map(|t| t.map(Tensor::buffer));
+            backend.conv2d(self.buffer(), weight.buffer(), bias, shift, residual, &mut *y, &g.device_shape())?;
+            return Ok(Tensor::from_device(&backend, y, g.output_shape()));
+        }
         let (x, w, bias) = (self.as_slice(), weight.as_slice(), bias.map(Tensor::as_slice));
         let add = Addends { shift: shift.map(Tensor::as_slice), residual: residual.map(Tensor::as_slice) };
         if let Some(direct) = direct::Direct::new(&g) {
@@ -670,6 +684,11 @@ pub fn conv2d_backward_input(d_out: &Tensor, weight: &Tensor, input_shape: &Shap
     let op = "conv2d_backward_input";
     let g = Geometry::new(op, input_shape, weight.shape(), p)?;
     g.check_d_out(op, d_out)?;
+    if let Placement::Device(backend) = placement(op, &[d_out, weight])? {
+        let mut d_x = backend.alloc(g.n * g.input_len())?;
+        backend.conv2d_backward_input(d_out.buffer(), weight.buffer(), &mut *d_x, &g.device_shape())?;
+        return Ok(Tensor::from_device(&backend, d_x, input_shape.clone()));
+    }
     if g.stride == 1 && g.r == g.s && g.pad < g.r {
         return transposed_as_convolution(&g, d_out, weight);
     }
@@ -731,6 +750,11 @@ pub fn conv2d_backward_weight(input: &Tensor, d_out: &Tensor, weight_shape: &Sha
     let op = "conv2d_backward_weight";
     let g = Geometry::new(op, input.shape(), weight_shape, p)?;
     g.check_d_out(op, d_out)?;
+    if let Placement::Device(backend) = placement(op, &[input, d_out])? {
+        let mut d_w = backend.alloc(weight_shape.numel())?;
+        backend.conv2d_backward_weight(input.buffer(), d_out.buffer(), &mut *d_w, &g.device_shape())?;
+        return Ok(Tensor::from_device(&backend, d_w, weight_shape.clone()));
+    }
     let (x, d_y) = (input.as_slice(), d_out.as_slice());
     if let Some(direct) = direct::Direct::new(&g).filter(|_| direct::Direct::has_weight_grad(&g)) {
         return Ok(Tensor::from_parts(direct.weight_grad(&g, x, d_y), weight_shape.clone()));
@@ -757,6 +781,10 @@ pub fn conv2d_backward_weight(input: &Tensor, d_out: &Tensor, weight_shape: &Sha
 /// d_bias `[K]` = d_out `[N, K, Ho, Wo]` summed over N, Ho and Wo (each `bias[k]` is added
 /// to every output of channel k).
 pub fn conv2d_backward_bias(d_out: &Tensor) -> Result<Tensor> {
+    if let Placement::Device(_) = placement("conv2d_backward_bias", &[d_out])? {
+        rank4("conv2d_backward_bias", d_out)?;
+        return d_out.sum_axes(&[0, 2, 3], false);
+    }
     let (k, per_sample) = sums_per_sample_and_channel("conv2d_backward_bias", d_out)?;
     let mut d_b = vec![0.0f64; k];
     for sums in &per_sample {
@@ -768,20 +796,29 @@ pub fn conv2d_backward_bias(d_out: &Tensor) -> Result<Tensor> {
 /// d_shift `[N, K]` = d_out `[N, K, Ho, Wo]` summed over Ho and Wo: the gradient of
 /// [`Tensor::conv2d_add`]'s shift, which is added to every output of its sample and channel.
 pub fn conv2d_backward_shift(d_out: &Tensor) -> Result<Tensor> {
+    if let Placement::Device(_) = placement("conv2d_backward_shift", &[d_out])? {
+        rank4("conv2d_backward_shift", d_out)?;
+        return d_out.sum_axes(&[2, 3], false);
+    }
     let (k, per_sample) = sums_per_sample_and_channel("conv2d_backward_shift", d_out)?;
     let n = per_sample.len();
     Ok(Tensor::from_parts(per_sample.into_iter().flatten().map(|v| v as f32).collect(), Shape::new([n, k])))
 }
 
+/// That d_out has the rank of a convolution's output, [N, K, Ho, Wo].
+fn rank4(op: &'static str, d_out: &Tensor) -> Result<[usize; 4]> {
+    match *d_out.dims() {
+        [n, k, ho, wo] => Ok([n, k, ho, wo]),
+        _ => {
+            Err(TensorError::invalid(op, format!("d_out must have rank 4 [N, K, Ho, Wo], got shape {}", d_out.shape())))
+        }
+    }
+}
+
 /// K, and for each sample the sum of each channel's plane of d_out [N, K, Ho, Wo]
 /// (in f64, one sample per task).
 fn sums_per_sample_and_channel(op: &'static str, d_out: &Tensor) -> Result<(usize, Vec<Vec<f64>>)> {
-    let &[n, k, ho, wo] = d_out.dims() else {
-        return Err(TensorError::invalid(
-            op,
-            format!("d_out must have rank 4 [N, K, Ho, Wo], got shape {}", d_out.shape()),
-        ));
-    };
+    let [n, k, ho, wo] = rank4(op, d_out)?;
     if k * ho * wo == 0 {
         return Ok((k, vec![vec![0.0f64; k]; n]));
     }

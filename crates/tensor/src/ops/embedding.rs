@@ -4,7 +4,7 @@
 //! Backward: d_table[v] = sum of d_out[b] over every b with indices[b] == v,
 //! so an index used twice collects both gradients.
 
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 fn check(op: &'static str, table_rows: usize, indices: &[usize]) -> Result<()> {
     match indices.iter().find(|&&i| i >= table_rows) {
@@ -23,11 +23,17 @@ impl Tensor {
             ));
         };
         check("index_select_rows", v, indices)?;
+        let shape = Shape::new([indices.len(), d]);
+        if let Placement::Device(backend) = placement("index_select_rows", &[self])? {
+            let mut out = backend.alloc(shape.numel())?;
+            backend.index_select_rows(self.buffer(), indices, &mut *out, d)?;
+            return Ok(Tensor::from_device(&backend, out, shape));
+        }
         let mut out = Vec::with_capacity(indices.len() * d);
         for &i in indices {
             out.extend_from_slice(&self.as_slice()[i * d..(i + 1) * d]);
         }
-        Ok(Tensor::from_parts(out, Shape::new([indices.len(), d])))
+        Ok(Tensor::from_parts(out, shape))
     }
 
     /// The table gradient [V, D] from d_out [B, D]: rows added into their indices.
@@ -39,6 +45,11 @@ impl Tensor {
             return Err(TensorError::invalid("index_add_rows", format!("{b} rows but {} indices", indices.len())));
         }
         check("index_add_rows", table_rows, indices)?;
+        if let Placement::Device(backend) = placement("index_add_rows", &[self])? {
+            let mut out = backend.alloc(table_rows * d)?;
+            backend.index_add_rows(self.buffer(), indices, &mut *out, table_rows, d)?;
+            return Ok(Tensor::from_device(&backend, out, Shape::new([table_rows, d])));
+        }
         let mut out = crate::pool::take_zeroed(table_rows * d);
         for (row, &i) in self.as_slice().chunks(d).zip(indices) {
             out[i * d..(i + 1) * d].iter_mut().zip(row).for_each(|(o, &g)| *o += g);

@@ -1,7 +1,8 @@
 //! Ops that move elements without arithmetic: reshape, permute, concat, narrow.
 
 use super::parallel::{for_each_row, row_offsets};
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::backend::{BlockCopy, Gather};
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 impl Tensor {
     /// Same elements, new shape (free: the buffer is shared).
@@ -30,6 +31,11 @@ impl Tensor {
         let out_shape = Shape::new(out_dims.clone());
         if rank == 0 {
             return Ok(self.clone());
+        }
+        if let Placement::Device(backend) = placement("permute", &[self])? {
+            let mut out = backend.alloc(self.numel())?;
+            backend.gather(self.buffer(), &mut *out, &Gather { dims: out_dims, strides: src_strides })?;
+            return Ok(Tensor::from_device(&backend, out, out_shape));
         }
         let inner = out_dims[rank - 1];
         let inner_stride = src_strides[rank - 1];
@@ -75,6 +81,24 @@ impl Tensor {
         dims[axis] = parts.iter().map(|p| p.dims()[axis]).sum();
         // Per outer index, each part contributes one contiguous block.
         let blocks: Vec<usize> = parts.iter().map(|p| p.numel() / outer.max(1)).collect();
+        if let Placement::Device(backend) = placement("concat", parts)? {
+            let row: usize = blocks.iter().sum();
+            let mut out = backend.alloc(outer * row)?;
+            let mut offset = 0;
+            for (p, &width) in parts.iter().zip(&blocks) {
+                let copy = BlockCopy {
+                    blocks: outer,
+                    width,
+                    src_stride: width,
+                    src_offset: 0,
+                    dst_stride: row,
+                    dst_offset: offset,
+                };
+                backend.copy_blocks(p.buffer(), &mut *out, &copy)?;
+                offset += width;
+            }
+            return Ok(Tensor::from_device(&backend, out, Shape::new(dims)));
+        }
         let mut out = crate::pool::take(dims.iter().product());
         for_each_row(&mut out, blocks.iter().sum(), |o, row| {
             let mut pos = 0;
@@ -95,8 +119,21 @@ impl Tensor {
         let inner: usize = self.dims()[axis + 1..].iter().product();
         let mut dims = self.dims().to_vec();
         dims[axis] = len;
-        let src = self.as_slice();
         let block = len * inner;
+        if let Placement::Device(backend) = placement("narrow", &[self])? {
+            let mut out = backend.alloc(outer * block)?;
+            let copy = BlockCopy {
+                blocks: outer,
+                width: block,
+                src_stride: extent * inner,
+                src_offset: start * inner,
+                dst_stride: block,
+                dst_offset: 0,
+            };
+            backend.copy_blocks(self.buffer(), &mut *out, &copy)?;
+            return Ok(Tensor::from_device(&backend, out, Shape::new(dims)));
+        }
+        let src = self.as_slice();
         let mut out = crate::pool::take(outer * block);
         for_each_row(&mut out, block, |o, dst| {
             let base = (o * extent + start) * inner;
@@ -115,8 +152,23 @@ impl Tensor {
         let inner: usize = self.dims()[axis + 1..].iter().product();
         let mut dims = self.dims().to_vec();
         dims[axis] = extent;
-        let src = self.as_slice();
         let (before, block) = (start * inner, len * inner);
+        if let Placement::Device(backend) = placement("narrow_backward", &[self])? {
+            let outer = self.numel() / block.max(1);
+            let mut out = backend.alloc(outer * extent * inner)?;
+            backend.fill(&mut *out, 0.0)?;
+            let copy = BlockCopy {
+                blocks: outer,
+                width: block,
+                src_stride: block,
+                src_offset: 0,
+                dst_stride: extent * inner,
+                dst_offset: before,
+            };
+            backend.copy_blocks(self.buffer(), &mut *out, &copy)?;
+            return Ok(Tensor::from_device(&backend, out, Shape::new(dims)));
+        }
+        let src = self.as_slice();
         let mut out = crate::pool::take(dims.iter().product());
         for_each_row(&mut out, extent * inner, |o, row| {
             let (head, rest) = row.split_at_mut(before);
@@ -186,7 +238,7 @@ mod tests {
     #[test]
     fn concat_and_split_on_channels() {
         let a = arange(&[2, 1, 2]);
-        let b = arange(&[2, 2, 2]).scale(-1.0);
+        let b = arange(&[2, 2, 2]).scale(-1.0).unwrap();
         let c = Tensor::concat(&[&a, &b], 1).unwrap();
         assert_eq!(c.dims(), &[2, 3, 2]);
         assert_eq!(c.to_vec(), vec![0., 1., -0., -1., -2., -3., 2., 3., -4., -5., -6., -7.]);

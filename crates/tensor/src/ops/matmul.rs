@@ -7,7 +7,8 @@
 
 use rayon::prelude::*;
 
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::backend::MatmulShape;
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 /// Whether a GEMM operand is read as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,10 +185,25 @@ fn batched(op: &'static str, a: &Tensor, ta: Transpose, b: &Tensor, tb: Transpos
         return Err(TensorError::ShapeMismatch { op, lhs: a.shape().clone(), rhs: b.shape().clone() });
     }
     let out_shape = if a.rank() == 3 { Shape::new([ba, m, n]) } else { Shape::new([m, n]) };
+    let b_step = if b.rank() == 2 { 0 } else { k * n };
+    if let Placement::Device(backend) = placement(op, &[a, b])? {
+        let s = MatmulShape {
+            batch: ba,
+            m,
+            n,
+            k,
+            transpose_a: ta == Transpose::Yes,
+            transpose_b: tb == Transpose::Yes,
+            a_stride: m * k,
+            b_stride: b_step,
+        };
+        let mut out = backend.alloc(out_shape.numel())?;
+        backend.matmul(a.buffer(), b.buffer(), &mut *out, &s)?;
+        return Ok(Tensor::from_device(&backend, out, out_shape));
+    }
     // sgemm with beta = 0 overwrites C, so stale contents are fine.
     let mut out = crate::pool::take(out_shape.numel());
     let (da, db) = (a.as_slice(), b.as_slice());
-    let b_step = if b.rank() == 2 { 0 } else { k * n };
     if ba == 1 {
         sgemm_parallel(m, k, n, da, ta, db, tb, 0.0, &mut out);
     } else if m * n * k < (1 << 14) {

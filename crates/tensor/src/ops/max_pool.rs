@@ -9,7 +9,8 @@
 //! a valid subgradient.
 
 use super::parallel::for_each_row;
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::backend::Planes;
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 /// (N, C, H, W) of an input with even H and W.
 fn even_planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
@@ -37,6 +38,11 @@ impl Tensor {
     pub fn max_pool2x2(&self) -> Result<Tensor> {
         let (n, c, h, w) = even_planes("max_pool2x2", self)?;
         let (ho, wo) = (h / 2, w / 2);
+        if let Placement::Device(backend) = placement("max_pool2x2", &[self])? {
+            let mut y = backend.alloc(self.numel() / 4)?;
+            backend.max_pool2x2(self.buffer(), &mut *y, &Planes { planes: n * c, h, w })?;
+            return Ok(Tensor::from_device(&backend, y, Shape::new([n, c, ho, wo])));
+        }
         let x = self.as_slice();
         let mut y = crate::pool::take(self.numel() / 4);
         // One output row at a time: output row r of plane p reads input rows 2i, 2i + 1.
@@ -57,6 +63,11 @@ impl Tensor {
         let (n, c, h, w) = even_planes("max_pool2x2_backward", x)?;
         let (ho, wo) = (h / 2, w / 2);
         d_out.expect_shape("max_pool2x2_backward", &Shape::new([n, c, ho, wo]))?;
+        if let Placement::Device(backend) = placement("max_pool2x2_backward", &[x, d_out])? {
+            let mut dx = backend.alloc(x.numel())?;
+            backend.max_pool2x2_backward(x.buffer(), d_out.buffer(), &mut *dx, &Planes { planes: n * c, h, w })?;
+            return Ok(Tensor::from_device(&backend, dx, x.shape().clone()));
+        }
         let (xs, g) = (x.as_slice(), d_out.as_slice());
         let mut dx = crate::pool::take(x.numel());
         // Two input rows (one output row's windows) at a time, every element

@@ -1,6 +1,8 @@
-//! The CPU kernels, one file per op family. Each public kernel is a method on
-//! [`Tensor`](crate::Tensor); each fast kernel has a naive `*_reference` next to
-//! it that its tests compare against.
+//! The ops, one file per op family. Each public op is a method on
+//! [`Tensor`](crate::Tensor) that checks its operands, then runs the CPU
+//! kernel of its file on the host or the backend's kernel on a device; each
+//! fast CPU kernel has a naive `*_reference` next to it that its tests
+//! compare against (and the device kernels are tested against too).
 
 mod binary;
 mod conv2d;
@@ -10,8 +12,10 @@ mod lanes;
 mod layout;
 mod matmul;
 mod max_pool;
+mod optim;
 pub(crate) mod parallel;
 mod reduce;
+mod sampling;
 mod softmax;
 mod unary;
 mod upsample;
@@ -27,5 +31,6 @@ pub use layout::split_ranges;
 pub use matmul::{matmul_reference, sgemm, sgemm_parallel, Transpose};
 pub use max_pool::max_pool2x2_reference;
 pub use reduce::sum_axes_reference;
+pub use sampling::{apply_update, SamplingStep, Update};
 pub use softmax::softmax_reference;
-pub use unary::{exp, sigmoid};
+pub use unary::{exp, sigmoid, UnaryBackward, UnaryOp};

@@ -5,7 +5,8 @@
 
 use rayon::prelude::*;
 
-use crate::{Result, Shape, Tensor, TensorError, PARALLEL_THRESHOLD};
+use crate::backend::Reduction;
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError, PARALLEL_THRESHOLD};
 
 /// Sorted, de-duplicated axes, each checked against the rank.
 fn normalize_axes(op: &'static str, shape: &Shape, axes: &[usize]) -> Result<Vec<usize>> {
@@ -70,6 +71,11 @@ impl Tensor {
         let axes = normalize_axes("sum_axes", self.shape(), axes)?;
         let out_shape = reduced_shape(self.shape(), &axes, keepdim);
         let (kept, reduced) = split_axes(self.shape(), &axes);
+        if let Placement::Device(backend) = placement("sum_axes", &[self])? {
+            let mut out = backend.alloc(out_shape.numel())?;
+            backend.sum(self.buffer(), &mut *out, &Reduction { kept, reduced })?;
+            return Ok(Tensor::from_device(&backend, out, out_shape));
+        }
         let data = self.as_slice();
         let n_out = out_shape.numel();
 
@@ -95,16 +101,34 @@ impl Tensor {
     }
 
     /// Sum of every element, as a scalar tensor.
-    pub fn sum_all(&self) -> Tensor {
+    pub fn sum_all(&self) -> Result<Tensor> {
         let axes: Vec<usize> = (0..self.rank()).collect();
-        self.sum_axes(&axes, false).expect("all axes are in range")
+        self.sum_axes(&axes, false)
     }
 
     /// Mean over `axes`.
     pub fn mean_axes(&self, axes: &[usize], keepdim: bool) -> Result<Tensor> {
         let axes = normalize_axes("mean_axes", self.shape(), axes)?;
         let count: usize = axes.iter().map(|&a| self.dims()[a]).product();
-        Ok(self.sum_axes(&axes, keepdim)?.scale(1.0 / count as f32))
+        self.sum_axes(&axes, keepdim)?.scale(1.0 / count as f32)
+    }
+
+    /// ||x|| over all the tensors at once, as if they were one long vector:
+    /// sqrt(sum of every element squared), accumulated in f64 (gradient
+    /// clipping's norm). A scalar tensor on the tensors' device.
+    pub fn global_norm(tensors: &[&Tensor]) -> Result<Tensor> {
+        match placement("global_norm", tensors)? {
+            Placement::Cpu => {
+                let sum: f64 = tensors.iter().map(|t| sum_of_squares(t.as_slice())).sum();
+                Ok(Tensor::scalar(sum.sqrt() as f32))
+            }
+            Placement::Device(backend) => {
+                let buffers: Vec<_> = tensors.iter().map(|t| t.buffer()).collect();
+                let mut out = backend.alloc(1)?;
+                backend.global_norm(&buffers, &mut *out)?;
+                Ok(Tensor::from_device(&backend, out, Shape::new([])))
+            }
+        }
     }
 
     /// Sums a broadcast result back down to `target`, the shape it was
@@ -123,6 +147,28 @@ impl Tensor {
             .collect();
         self.sum_axes(&axes, true)?.reshape(target.clone())
     }
+}
+
+/// Elements a parallel task of [`sum_of_squares`] handles.
+const CHUNK: usize = 1 << 14;
+
+/// The sum of x^2 in f64, in a fixed order whatever the number of threads:
+/// chunks of [`CHUNK`] summed in parallel, each in 8 interleaved partial sums
+/// (which the compiler keeps in vector lanes), then the chunks' sums in order.
+fn sum_of_squares(x: &[f32]) -> f64 {
+    let chunk_sum = |c: &[f32]| {
+        let mut lanes = [0.0f64; 8];
+        let mut eights = c.chunks_exact(8);
+        for e in &mut eights {
+            for (acc, &v) in lanes.iter_mut().zip(e) {
+                *acc += f64::from(v) * f64::from(v);
+            }
+        }
+        let tail: f64 = eights.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        lanes.iter().sum::<f64>() + tail
+    };
+    let sums: Vec<f64> = x.par_chunks(CHUNK).map(chunk_sum).collect();
+    sums.iter().sum()
 }
 
 /// The specification of [`Tensor::sum_axes`] with `keepdim`: every input
@@ -191,6 +237,22 @@ mod tests {
     fn bad_axis_is_an_error() {
         let e = Tensor::ones([2, 3]).sum_axes(&[2], true).unwrap_err();
         assert_eq!(e.to_string(), "sum_axes: axis 2 is out of range for a tensor of rank 2");
+    }
+
+    #[test]
+    fn the_parallel_sum_of_squares_is_the_plain_one_and_does_not_depend_on_threads() {
+        // Several chunks and a ragged tail; values of very different sizes.
+        let x: Vec<f32> =
+            (0..3 * CHUNK + 13).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5 + (i % 3) as f32 * 40.0).collect();
+        let plain: f64 = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        let parallel = sum_of_squares(&x);
+        assert!((parallel - plain).abs() <= 1e-12 * plain, "{parallel} vs {plain}");
+        let one_thread = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        assert_eq!(one_thread.install(|| sum_of_squares(&x)), parallel);
+        assert_eq!(sum_of_squares(&[]), 0.0);
+        let t = Tensor::from_vec(x, [3 * CHUNK + 13]).unwrap();
+        let norm = Tensor::global_norm(&[&t, &t]).unwrap().item().unwrap();
+        assert_eq!(norm, (2.0 * parallel).sqrt() as f32);
     }
 
     proptest! {

@@ -4,7 +4,24 @@
 //! which equals the textbook formula but never overflows exp.
 
 use super::parallel::for_each_row;
-use crate::{Result, Tensor, TensorError};
+use crate::{placement, Placement, Result, Tensor, TensorError};
+
+/// The device arm of a row-wise softmax (or log-softmax) over rows of `cols`.
+fn softmax_on_device(op: &'static str, x: &Tensor, cols: usize, log: bool) -> Result<Option<Tensor>> {
+    let Placement::Device(backend) = placement(op, &[x])? else { return Ok(None) };
+    let mut y = backend.alloc(x.numel())?;
+    backend.softmax(x.buffer(), &mut *y, cols, log)?;
+    Ok(Some(Tensor::from_device(&backend, y, x.shape().clone())))
+}
+
+/// The device arm of their gradients.
+fn softmax_backward_on_device(op: &'static str, y: &Tensor, d_out: &Tensor, log: bool) -> Result<Option<Tensor>> {
+    let Placement::Device(backend) = placement(op, &[y, d_out])? else { return Ok(None) };
+    let cols = last_axis(op, y)?;
+    let mut d_x = backend.alloc(y.numel())?;
+    backend.softmax_backward(y.buffer(), d_out.buffer(), &mut *d_x, cols, log)?;
+    Ok(Some(Tensor::from_device(&backend, d_x, y.shape().clone())))
+}
 
 fn last_axis(op: &'static str, x: &Tensor) -> Result<usize> {
     match x.dims().last() {
@@ -17,6 +34,9 @@ impl Tensor {
     /// Softmax along the last axis (the attention weights over keys).
     pub fn softmax(&self) -> Result<Tensor> {
         let n = last_axis("softmax", self)?;
+        if let Some(y) = softmax_on_device("softmax", self, n, false)? {
+            return Ok(y);
+        }
         let src = self.as_slice();
         let mut out = crate::pool::take(self.numel());
         for_each_row(&mut out, n, |r, row| {
@@ -36,6 +56,9 @@ impl Tensor {
     /// log(softmax(x)) along the last axis: x_i - m - log sum_j exp(x_j - m).
     pub fn log_softmax(&self) -> Result<Tensor> {
         let n = last_axis("log_softmax", self)?;
+        if let Some(y) = softmax_on_device("log_softmax", self, n, true)? {
+            return Ok(y);
+        }
         let src = self.as_slice();
         let mut out = crate::pool::take(self.numel());
         for_each_row(&mut out, n, |r, row| {
@@ -51,6 +74,9 @@ impl Tensor {
     pub fn softmax_backward(y: &Tensor, d_out: &Tensor) -> Result<Tensor> {
         d_out.expect_shape("softmax_backward", y.shape())?;
         let n = last_axis("softmax_backward", y)?;
+        if let Some(d_x) = softmax_backward_on_device("softmax_backward", y, d_out, false)? {
+            return Ok(d_x);
+        }
         let (ys, gs) = (y.as_slice(), d_out.as_slice());
         let mut out = crate::pool::take(y.numel());
         for_each_row(&mut out, n, |r, row| {
@@ -67,6 +93,9 @@ impl Tensor {
     pub fn log_softmax_backward(y: &Tensor, d_out: &Tensor) -> Result<Tensor> {
         d_out.expect_shape("log_softmax_backward", y.shape())?;
         let n = last_axis("log_softmax_backward", y)?;
+        if let Some(d_x) = softmax_backward_on_device("log_softmax_backward", y, d_out, true)? {
+            return Ok(d_x);
+        }
         let (ys, gs) = (y.as_slice(), d_out.as_slice());
         let mut out = crate::pool::take(y.numel());
         for_each_row(&mut out, n, |r, row| {
@@ -101,7 +130,7 @@ mod tests {
 
     #[test]
     fn softmax_matches_the_textbook_formula() {
-        let x = Tensor::randn([3, 49, 49], &mut StdRng::seed_from_u64(2)).scale(3.0);
+        let x = Tensor::randn([3, 49, 49], &mut StdRng::seed_from_u64(2)).scale(3.0).unwrap();
         let err = x.softmax().unwrap().max_abs_diff(&softmax_reference(&x).unwrap()).unwrap();
         assert!(err < 1e-6, "{err}");
     }
@@ -121,7 +150,7 @@ mod tests {
     fn log_softmax_is_log_of_softmax() {
         let x = Tensor::randn([4, 10], &mut StdRng::seed_from_u64(3));
         let a = x.log_softmax().unwrap();
-        let b = x.softmax().unwrap().log();
+        let b = x.softmax().unwrap().log().unwrap();
         assert!(a.max_abs_diff(&b).unwrap() < 1e-5);
     }
 }

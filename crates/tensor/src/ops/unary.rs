@@ -1,7 +1,8 @@
 //! Elementwise maps of one tensor: y = f(x), same shape.
 
+use super::binary::zip_host;
 use super::parallel::map_into;
-use crate::Tensor;
+use crate::{placement, Placement, Result, Tensor, TensorError};
 
 /// e^x to within 2 ulp, written so that a loop of it vectorises (libm's expf is
 /// an opaque call, one element at a time, and was 6% of a training step).
@@ -49,74 +50,218 @@ pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
+/// An elementwise map y = f(x) that every device has a kernel for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Square,
+    Powf(f32),
+    Tanh,
+    Sigmoid,
+    /// SiLU (swish): x sigmoid(x).
+    Silu,
+    Relu,
+    Sin,
+    Cos,
+    /// scale x + shift.
+    Affine {
+        scale: f32,
+        shift: f32,
+    },
+    Scale(f32),
+    /// x limited to [low, high]; a NaN stays NaN.
+    Clamp {
+        low: f32,
+        high: f32,
+    },
+}
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Square => "square",
+            UnaryOp::Powf(_) => "powf",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
+            UnaryOp::Affine { .. } => "affine",
+            UnaryOp::Scale(_) => "scale",
+            UnaryOp::Clamp { .. } => "clamp",
+        }
+    }
+}
+
+/// The derivative of a [`UnaryOp`] as a backward rule: d_x = g f'(.), where
+/// f' is written with whichever of x (the input) and y (the output) is simpler.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryBackward {
+    /// y = sqrt(x): d_x = g / (2 y). Reads y.
+    Sqrt,
+    /// y = x^p: d_x = g p x^(p-1). Reads x.
+    Powf(f32),
+    /// y = tanh x: d_x = g (1 - y^2). Reads y.
+    Tanh,
+    /// y = s(x) = 1 / (1 + e^-x): d_x = g y (1 - y). Reads y.
+    Sigmoid,
+    /// y = x s(x): d_x = g s(x) (1 + x (1 - s(x))). Reads x.
+    Silu,
+    /// y = max(x, 0): d_x = g where x > 0, else 0. Reads x.
+    Relu,
+}
+
+impl UnaryBackward {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryBackward::Sqrt => "sqrt_backward",
+            UnaryBackward::Powf(_) => "powf_backward",
+            UnaryBackward::Tanh => "tanh_backward",
+            UnaryBackward::Sigmoid => "sigmoid_backward",
+            UnaryBackward::Silu => "silu_backward",
+            UnaryBackward::Relu => "relu_backward",
+        }
+    }
+}
+
 impl Tensor {
-    /// y = f(x) for every element, in parallel for large tensors.
-    pub fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
+    /// y = f(x) for every element of a host tensor, in parallel for large
+    /// tensors. A closure cannot run on a device: there this is an error
+    /// naming `map` (the named ops, [`Tensor::unary`], run everywhere).
+    pub fn map(&self, f: impl Fn(f32) -> f32 + Sync) -> Result<Tensor> {
+        match placement("map", &[self])? {
+            Placement::Cpu => Ok(self.map_host(f)),
+            Placement::Device(_) => Err(TensorError::NoDeviceKernel { op: "map", device: self.device() }),
+        }
+    }
+
+    fn map_host(&self, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
         let mut out = crate::pool::take(self.numel());
         map_into(self.as_slice(), &mut out, f);
         Tensor::from_parts(out, self.shape().clone())
     }
 
-    pub fn neg(&self) -> Tensor {
-        self.map(|x| -x)
+    /// y = op(x), elementwise, on the tensor's device.
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        match placement(op.name(), &[self])? {
+            Placement::Cpu => Ok(match op {
+                // One closure per op, so that each loop is compiled (and vectorised) on its own.
+                UnaryOp::Neg => self.map_host(|x| -x),
+                UnaryOp::Exp => self.map_host(exp),
+                UnaryOp::Log => self.map_host(f32::ln),
+                UnaryOp::Sqrt => self.map_host(f32::sqrt),
+                UnaryOp::Square => self.map_host(|x| x * x),
+                UnaryOp::Powf(p) => self.map_host(|x| x.powf(p)),
+                UnaryOp::Tanh => self.map_host(f32::tanh),
+                UnaryOp::Sigmoid => self.map_host(sigmoid),
+                UnaryOp::Silu => self.map_host(|x| x * sigmoid(x)),
+                UnaryOp::Relu => self.map_host(|x| x.max(0.0)),
+                UnaryOp::Sin => self.map_host(f32::sin),
+                UnaryOp::Cos => self.map_host(f32::cos),
+                UnaryOp::Affine { scale, shift } => self.map_host(|x| scale * x + shift),
+                UnaryOp::Scale(s) => self.map_host(|x| s * x),
+                UnaryOp::Clamp { low, high } => self.map_host(|x| x.clamp(low, high)),
+            }),
+            Placement::Device(backend) => {
+                let mut out = backend.alloc(self.numel())?;
+                backend.unary(op, self.buffer(), &mut *out)?;
+                Ok(Tensor::from_device(&backend, out, self.shape().clone()))
+            }
+        }
     }
 
-    pub fn exp(&self) -> Tensor {
-        self.map(exp)
+    /// The backward rule of a unary op: self is g = dL/dy, `saved` is x or y
+    /// (as `op` says); returns dL/dx.
+    pub fn unary_backward(&self, op: UnaryBackward, saved: &Tensor) -> Result<Tensor> {
+        saved.expect_shape(op.name(), self.shape())?;
+        match placement(op.name(), &[self, saved])? {
+            Placement::Cpu => Ok(match op {
+                UnaryBackward::Sqrt => zip_host(self, saved, |g, y| g / (2.0 * y)),
+                UnaryBackward::Powf(p) => zip_host(self, saved, |g, x| g * p * x.powf(p - 1.0)),
+                UnaryBackward::Tanh => zip_host(self, saved, |g, y| g * (1.0 - y * y)),
+                UnaryBackward::Sigmoid => zip_host(self, saved, |g, y| g * y * (1.0 - y)),
+                UnaryBackward::Silu => zip_host(self, saved, |g, x| {
+                    let s = sigmoid(x);
+                    g * s * (1.0 + x * (1.0 - s))
+                }),
+                UnaryBackward::Relu => zip_host(self, saved, |g, x| if x > 0.0 { g } else { 0.0 }),
+            }),
+            Placement::Device(backend) => {
+                let mut out = backend.alloc(self.numel())?;
+                backend.unary_backward(op, self.buffer(), saved.buffer(), &mut *out)?;
+                Ok(Tensor::from_device(&backend, out, self.shape().clone()))
+            }
+        }
     }
 
-    pub fn log(&self) -> Tensor {
-        self.map(f32::ln)
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
     }
 
-    pub fn sqrt(&self) -> Tensor {
-        self.map(f32::sqrt)
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
     }
 
-    pub fn square(&self) -> Tensor {
-        self.map(|x| x * x)
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
     }
 
-    pub fn powf(&self, p: f32) -> Tensor {
-        self.map(|x| x.powf(p))
+    pub fn sqrt(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sqrt)
     }
 
-    pub fn tanh(&self) -> Tensor {
-        self.map(f32::tanh)
+    pub fn square(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Square)
     }
 
-    pub fn sigmoid(&self) -> Tensor {
-        self.map(sigmoid)
+    pub fn powf(&self, p: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Powf(p))
+    }
+
+    pub fn tanh(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Tanh)
+    }
+
+    pub fn sigmoid(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sigmoid)
     }
 
     /// SiLU (swish): x * sigmoid(x).
-    pub fn silu(&self) -> Tensor {
-        self.map(|x| x * sigmoid(x))
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
     }
 
-    pub fn relu(&self) -> Tensor {
-        self.map(|x| x.max(0.0))
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
     }
 
-    pub fn sin(&self) -> Tensor {
-        self.map(f32::sin)
+    pub fn sin(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Sin)
     }
 
-    pub fn cos(&self) -> Tensor {
-        self.map(f32::cos)
+    pub fn cos(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Cos)
     }
 
     /// y = scale * x + shift.
-    pub fn affine(&self, scale: f32, shift: f32) -> Tensor {
-        self.map(|x| scale * x + shift)
+    pub fn affine(&self, scale: f32, shift: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Affine { scale, shift })
     }
 
-    pub fn scale(&self, s: f32) -> Tensor {
-        self.map(|x| s * x)
+    pub fn scale(&self, s: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Scale(s))
     }
 
-    pub fn clamp(&self, low: f32, high: f32) -> Tensor {
-        self.map(|x| x.clamp(low, high))
+    pub fn clamp(&self, low: f32, high: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::Clamp { low, high })
     }
 }
 
@@ -127,7 +272,7 @@ mod tests {
     #[test]
     fn silu_is_x_times_sigmoid() {
         let x = Tensor::from_vec(vec![-2.0, 0.0, 3.0], [3]).unwrap();
-        let y = x.silu().to_vec();
+        let y = x.silu().unwrap().to_vec();
         assert_eq!(y[1], 0.0);
         assert!((y[0] - (-2.0 / (1.0 + 2f32.exp()))).abs() < 1e-6);
         assert!((y[2] - 3.0 / (1.0 + (-3f32).exp())).abs() < 1e-6);
@@ -153,7 +298,7 @@ mod tests {
         // Above the parallel threshold the work is split; the answer must not change.
         let n = crate::PARALLEL_THRESHOLD * 3 + 7;
         let x = Tensor::from_vec((0..n).map(|i| i as f32 * 1e-4).collect(), [n]).unwrap();
-        let y = x.exp();
+        let y = x.exp().unwrap();
         for (i, v) in y.as_slice().iter().enumerate() {
             assert_eq!(*v, exp(i as f32 * 1e-4));
         }

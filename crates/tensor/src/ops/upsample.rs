@@ -5,7 +5,8 @@
 //! their four gradients.
 
 use super::parallel::for_each_row;
-use crate::{Result, Shape, Tensor, TensorError};
+use crate::backend::Planes;
+use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
     match *x.dims() {
@@ -18,6 +19,11 @@ impl Tensor {
     /// [N, C, H, W] -> [N, C, 2H, 2W], nearest neighbour.
     pub fn upsample_nearest2x(&self) -> Result<Tensor> {
         let (n, c, h, w) = planes("upsample_nearest2x", self)?;
+        if let Placement::Device(backend) = placement("upsample_nearest2x", &[self])? {
+            let mut y = backend.alloc(self.numel() * 4)?;
+            backend.upsample2x(self.buffer(), &mut *y, &Planes { planes: n * c, h, w })?;
+            return Ok(Tensor::from_device(&backend, y, Shape::new([n, c, 2 * h, 2 * w])));
+        }
         let x = self.as_slice();
         let mut y = crate::pool::take(self.numel() * 4);
         // One output row (2W values) at a time: row r of plane p is input row r/2.
@@ -39,6 +45,11 @@ impl Tensor {
             return Err(TensorError::invalid("upsample_nearest2x_backward", format!("odd size {}", self.shape())));
         }
         let (h, w) = (h2 / 2, w2 / 2);
+        if let Placement::Device(backend) = placement("upsample_nearest2x_backward", &[self])? {
+            let mut dx = backend.alloc(self.numel() / 4)?;
+            backend.upsample2x_backward(self.buffer(), &mut *dx, &Planes { planes: n * c, h, w })?;
+            return Ok(Tensor::from_device(&backend, dx, Shape::new([n, c, h, w])));
+        }
         let g = self.as_slice();
         let mut dx = crate::pool::take(self.numel() / 4);
         for_each_row(&mut dx, w, |r, row| {
