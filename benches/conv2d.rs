@@ -36,7 +36,7 @@ fn conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     let mut rng = StdRng::seed_from_u64(0);
-    let gpu = match ddpm_cuda::open() {
+    let gpu = match Gpu::new(0) {
         Ok(gpu) => Some(gpu),
         Err(e) => {
             eprintln!("GPU benches skipped: {e}");

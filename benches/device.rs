@@ -21,7 +21,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 const BATCH: usize = 64;
 
 fn gpu() -> Option<Gpu> {
-    ddpm_cuda::open().map_err(|e| eprintln!("GPU rows skipped: {e}")).ok()
+    Gpu::new(0).map_err(|e| eprintln!("GPU rows skipped: {e}")).ok()
 }
 
 fn bench(c: &mut Criterion) {

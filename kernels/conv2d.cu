@@ -6,6 +6,7 @@
 // reading the convolution's tensors through index arithmetic.
 //
 //   forward        y[k, (n,oy,ox)]  = sum over (c,r,s)    w[k, (c,r,s)] * x[n, c, oy*st-pad+r, ox*st-pad+s]
+//                                     (+ bias[k] + shift[n, k] + residual[n, k, oy, ox], each optional)
 //   input grad     dx[c, (n,iy,ix)] = sum over (k,r,s)    w[k, c, r, s] * dy[n, k, oy, ox]  where iy = oy*st-pad+r
 //   weight grad    dw[k, (c,r,s)]   = sum over (n,oy,ox) dy[n, k, oy, ox] * x[n, c, oy*st-pad+r, ox*st-pad+s]
 //
@@ -55,22 +56,34 @@ struct FwdPatch {
         return read_padded(x, g, n, c, oy * g.stride - g.pad + rs / g.s, ox * g.stride - g.pad + rs % g.s);
     }
 };
+// The terms added as y[n, k, p] is written: bias[k], shift[n, k] and
+// residual[n, k, p], each absent when its pointer is null.
+static __device__ __forceinline__ float addends(const float* bias, const float* shift, const float* residual,
+                                                const Conv& g, int n, int k, int p) {
+    float a = bias ? bias[k] : 0.0f;
+    if (shift) a += shift[n * g.k + k];
+    if (residual) a += residual[(n * g.k + k) * g.ho * g.wo + p];
+    return a;
+}
+
 struct FwdStore {
-    float* y; const float* bias; Conv g;
+    float* y; const float* bias; const float* shift; const float* residual; Conv g;
     __device__ void operator()(int k, int col, float v) const {
         int n = col / (g.ho * g.wo), p = col % (g.ho * g.wo);
-        y[(n * g.k + k) * g.ho * g.wo + p] = v + (bias ? bias[k] : 0.0f);
+        y[(n * g.k + k) * g.ho * g.wo + p] = v + addends(bias, shift, residual, g, n, k, p);
     }
 };
 
-// bias may be null.
+// y = conv(x, w) + bias [K] + shift [N, K] + residual [N, K, Ho, Wo]; each
+// of the three may be null.
 extern "C" __global__ void __launch_bounds__(256) conv2d_fwd_f32(
-    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, float* __restrict__ y,
-    int n, int c, int h, int wd, int k, int r, int s, int stride, int pad) {
+    const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+    const float* __restrict__ shift, const float* __restrict__ residual, float* __restrict__ y, int n, int c, int h,
+    int wd, int k, int r, int s, int stride, int pad) {
     Conv g = make_conv(n, c, h, wd, k, r, s, stride, pad);
     FwdWeight a = {w, c * r * s};
     FwdPatch b = {x, g};
-    FwdStore st = {y, bias, g};
+    FwdStore st = {y, bias, shift, residual, g};
     tiled_gemm(k, n * g.ho * g.wo, c * r * s, a, b, st);
 }
 
@@ -154,20 +167,20 @@ extern "C" __global__ void __launch_bounds__(256) conv2d_bwd_weight_f32(
 // ---------------------------------------------------------------------------
 // The naive references: one thread per output element, the defining sums.
 
-extern "C" __global__ void conv2d_fwd_naive_f32(const float* x, const float* w, const float* bias, float* y,
-                                                int n, int c, int h, int wd, int k, int r, int s, int stride,
-                                                int pad) {
+extern "C" __global__ void conv2d_fwd_naive_f32(const float* x, const float* w, const float* bias, const float* shift,
+                                                const float* residual, float* y, int n, int c, int h, int wd, int k,
+                                                int r, int s, int stride, int pad) {
     Conv g = make_conv(n, c, h, wd, k, r, s, stride, pad);
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n * k * g.ho * g.wo) return;
     int ox = i % g.wo, oy = (i / g.wo) % g.ho, ko = (i / (g.wo * g.ho)) % k, ni = i / (g.wo * g.ho * k);
-    float acc = bias ? bias[ko] : 0.0f;
+    float acc = 0.0f;
     for (int ci = 0; ci < c; ++ci)
         for (int ri = 0; ri < r; ++ri)
             for (int si = 0; si < s; ++si)
                 acc += w[((ko * c + ci) * r + ri) * s + si] *
                        read_padded(x, g, ni, ci, oy * stride - pad + ri, ox * stride - pad + si);
-    y[i] = acc;
+    y[i] = acc + addends(bias, shift, residual, g, ni, ko, oy * g.wo + ox);
 }
 
 extern "C" __global__ void conv2d_bwd_input_naive_f32(const float* dy, const float* w, float* dx, int n, int c,

@@ -1,42 +1,186 @@
-// elementwise.cu: the U-Net's pointwise ops and data movement, one thread
-// per output element (launch::elementwise(n)).
+// elementwise.cu: the tensor crate's elementwise maps and data movement, one
+// thread per output element (launch::elementwise(n)) unless said otherwise.
+// The formulas are those of the CPU arms in crates/tensor/src/ops/*.rs.
 
 static __device__ __forceinline__ long long global_index() {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;
 }
 
-// y = silu(x) = x sigmoid(x).
-extern "C" __global__ void silu_f32(const float* __restrict__ x, float* __restrict__ y, long long n) {
+static __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// out[i] = value for i < n.
+extern "C" __global__ void fill_f32(float* __restrict__ out, long long n, float value) {
     long long i = global_index();
-    if (i < n) y[i] = x[i] / (1.0f + expf(-x[i]));
+    if (i < n) out[i] = value;
 }
 
-// x += y.
-extern "C" __global__ void add_assign_f32(float* __restrict__ x, const float* __restrict__ y, long long n) {
-    long long i = global_index();
-    if (i < n) x[i] += y[i];
+// ---- y = f(x): every ddpm_tensor::ops::UnaryOp, by its code ----
+// The codes are the order of the enum (crates/cuda/src/ops/elementwise.rs
+// maps them); a and b are the op's parameters (p of powf, scale and shift of
+// affine, the scale of scale, low and high of clamp), unused otherwise.
+
+#define UNARY_NEG 0
+#define UNARY_EXP 1
+#define UNARY_LOG 2
+#define UNARY_SQRT 3
+#define UNARY_SQUARE 4
+#define UNARY_POWF 5
+#define UNARY_TANH 6
+#define UNARY_SIGMOID 7
+#define UNARY_SILU 8
+#define UNARY_RELU 9
+#define UNARY_SIN 10
+#define UNARY_COS 11
+#define UNARY_AFFINE 12
+#define UNARY_SCALE 13
+#define UNARY_CLAMP 14
+
+static __device__ __forceinline__ float unary(int op, float x, float a, float b) {
+    switch (op) {
+        case UNARY_NEG: return -x;
+        case UNARY_EXP: return expf(x);
+        case UNARY_LOG: return logf(x);
+        case UNARY_SQRT: return sqrtf(x);
+        case UNARY_SQUARE: return x * x;
+        case UNARY_POWF: return powf(x, a);
+        case UNARY_TANH: return tanhf(x);
+        case UNARY_SIGMOID: return sigmoid(x);
+        case UNARY_SILU: return x * sigmoid(x);        // x s(x)
+        case UNARY_RELU: return fmaxf(x, 0.0f);        // max(x, 0), 0 for a NaN as f32::max
+        case UNARY_SIN: return sinf(x);
+        case UNARY_COS: return cosf(x);
+        case UNARY_AFFINE: return a * x + b;           // scale x + shift
+        case UNARY_SCALE: return a * x;
+        default: {                                     // UNARY_CLAMP, the last code: as f32::clamp, a NaN stays NaN
+            float y = x;
+            if (y < a) y = a;
+            if (y > b) y = b;
+            return y;
+        }
+    }
 }
 
-// x[r, j] += v[r] for r < rows, j < inner: a per-(sample, channel) value
-// broadcast over the positions (the time embedding of a ResBlock).
-extern "C" __global__ void add_broadcast_f32(float* __restrict__ x, const float* __restrict__ v, long long rows,
-                                             int inner) {
+// y[i] = f(x[i]) for i < n.
+extern "C" __global__ void unary_f32(const float* __restrict__ x, float* __restrict__ y, long long n, int op, float a,
+                                     float b) {
     long long i = global_index();
-    if (i < rows * inner) x[i] += v[i / inner];
+    if (i < n) y[i] = unary(op, x[i], a, b);
 }
 
-// out[o, :] = [a[o, :ca]; b[o, :cb]] for o < outer: concatenation along an
-// axis whose inner extent per outer index is ca and cb (channels * H * W for
-// the U-Net's skip connections; whole batches for [x; x] with n = 1).
-extern "C" __global__ void concat2_f32(const float* __restrict__ a, const float* __restrict__ b,
-                                       float* __restrict__ out, long long outer, long long ca, long long cb) {
-    long long i = global_index();
-    if (i >= outer * (ca + cb)) return;
-    long long o = i / (ca + cb), j = i % (ca + cb);
-    out[i] = j < ca ? a[o * ca + j] : b[o * cb + (j - ca)];
+// ---- d_x = g f'(saved): every ddpm_tensor::ops::UnaryBackward, by its code ----
+// saved is x or y as the rule says; p is powf's exponent.
+
+#define BWD_SQRT 0     // y = sqrt x:     g / (2 y)                 (saved y)
+#define BWD_POWF 1     // y = x^p:        g p x^(p - 1)             (saved x)
+#define BWD_TANH 2     // y = tanh x:     g (1 - y^2)               (saved y)
+#define BWD_SIGMOID 3  // y = s(x):       g y (1 - y)               (saved y)
+#define BWD_SILU 4     // y = x s(x):     g s (1 + x (1 - s))       (saved x)
+#define BWD_RELU 5     // y = max(x, 0):  g where x > 0, else 0     (saved x)
+
+static __device__ __forceinline__ float unary_backward(int op, float g, float v, float p) {
+    switch (op) {
+        case BWD_SQRT: return g / (2.0f * v);
+        case BWD_POWF: return g * p * powf(v, p - 1.0f);
+        case BWD_TANH: return g * (1.0f - v * v);
+        case BWD_SIGMOID: return g * v * (1.0f - v);
+        case BWD_SILU: {
+            float s = sigmoid(v);
+            return g * s * (1.0f + v * (1.0f - s));
+        }
+        default: return v > 0.0f ? g : 0.0f;  // BWD_RELU, the last code
+    }
 }
 
-// Nearest-neighbour x2 upsampling of [planes, h, w] to [planes, 2h, 2w].
+// d_x[i] = g[i] f'(saved[i]) for i < n.
+extern "C" __global__ void unary_bwd_f32(const float* __restrict__ g, const float* __restrict__ saved,
+                                         float* __restrict__ d_x, long long n, int op, float p) {
+    long long i = global_index();
+    if (i < n) d_x[i] = unary_backward(op, g[i], saved[i], p);
+}
+
+// ---- out = a (op) b with broadcasting ----
+// The output has extents d0 x d1 x d2 x d3 (the tensor crate's merged walk,
+// padded with 1s on the left); element (i0, i1, i2, i3) reads a at
+// sum_k i_k sa_k and b at sum_k i_k sb_k (stride 0 on a broadcast axis).
+
+#define BINARY_ADD 0
+#define BINARY_SUB 1
+#define BINARY_MUL 2
+#define BINARY_DIV 3
+#define BINARY_MAXIMUM 4
+
+static __device__ __forceinline__ float binary(int op, float x, float y) {
+    switch (op) {
+        case BINARY_ADD: return x + y;
+        case BINARY_SUB: return x - y;
+        case BINARY_MUL: return x * y;
+        case BINARY_DIV: return x / y;
+        default: return fmaxf(x, y);  // BINARY_MAXIMUM, the last code: the other operand where one is NaN, as f32::max
+    }
+}
+
+// The output index i unravelled over (d1, d2, d3): in T, 32-bit when the
+// output fits (integer division is much cheaper there), 64-bit otherwise.
+template <class T>
+static __device__ __forceinline__ void binary_at(const float* a, const float* b, float* out, int op, T i, T d1, T d2,
+                                                 T d3, long long sa0, long long sa1, long long sa2, long long sa3,
+                                                 long long sb0, long long sb1, long long sb2, long long sb3) {
+    T i3 = i % d3, r = i / d3;
+    T i2 = r % d2;
+    r /= d2;
+    T i1 = r % d1, i0 = r / d1;
+    long long ia = i0 * sa0 + i1 * sa1 + i2 * sa2 + i3 * sa3;
+    long long ib = i0 * sb0 + i1 * sb1 + i2 * sb2 + i3 * sb3;
+    out[i] = binary(op, a[ia], b[ib]);
+}
+
+extern "C" __global__ void binary_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                      float* __restrict__ out, int op, long long d0, long long d1, long long d2,
+                                      long long d3, long long sa0, long long sa1, long long sa2, long long sa3,
+                                      long long sb0, long long sb1, long long sb2, long long sb3) {
+    long long n = d0 * d1 * d2 * d3, i = global_index();
+    if (i >= n) return;
+    if (n <= 2147483647LL)
+        binary_at<unsigned int>(a, b, out, op, (unsigned int)i, (unsigned int)d1, (unsigned int)d2, (unsigned int)d3,
+                                sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3);
+    else
+        binary_at<long long>(a, b, out, op, i, d1, d2, d3, sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3);
+}
+
+// ---- moving numbers ----
+
+// dst[q * dst_stride + dst_offset + j] = src[q * src_stride + src_offset + j]
+// for q < blocks, j < width (ddpm_tensor::backend::BlockCopy): a copy, a
+// narrow, one part of a concatenation. The rest of dst is left as it is.
+// One thread per copied element: launch::elementwise(blocks * width).
+extern "C" __global__ void copy_blocks_f32(const float* __restrict__ src, float* __restrict__ dst, long long blocks,
+                                           long long width, long long src_stride, long long src_offset,
+                                           long long dst_stride, long long dst_offset) {
+    long long i = global_index();
+    if (i >= blocks * width) return;
+    long long q = i / width, j = i % width;
+    dst[q * dst_stride + dst_offset + j] = src[q * src_stride + src_offset + j];
+}
+
+// dst[i] = src[sum_k i_k s_k] for the index i of the d0 x d1 x d2 x d3
+// output (ddpm_tensor::backend::Gather, merged and padded to 4 axes): a
+// permutation of the axes. Writes are coalesced, reads follow the strides.
+extern "C" __global__ void gather_f32(const float* __restrict__ src, float* __restrict__ dst, long long d0,
+                                      long long d1, long long d2, long long d3, long long s0, long long s1,
+                                      long long s2, long long s3) {
+    long long i = global_index();
+    if (i >= d0 * d1 * d2 * d3) return;
+    long long i3 = i % d3, r = i / d3;
+    long long i2 = r % d2;
+    r /= d2;
+    long long i1 = r % d1, i0 = r / d1;
+    dst[i] = src[i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3];
+}
+
+// ---- images: [planes, h, w] ----
+
+// Nearest-neighbour x2 upsampling of [planes, h, w] to [planes, 2h, 2w]:
+// y[p, i, j] = x[p, i / 2, j / 2]. One thread per output.
 extern "C" __global__ void upsample2x_f32(const float* __restrict__ x, float* __restrict__ y, long long planes,
                                           int h, int w) {
     long long i = global_index();
@@ -48,18 +192,8 @@ extern "C" __global__ void upsample2x_f32(const float* __restrict__ x, float* __
     y[i] = x[(p * h + oy / 2) * w + ox / 2];
 }
 
-// ---- gradients and the training step's pointwise work ----
-
-// dx = dy silu'(x), silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
-extern "C" __global__ void silu_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
-                                        float* __restrict__ dx, long long n) {
-    long long i = global_index();
-    if (i >= n) return;
-    float s = 1.0f / (1.0f + expf(-x[i]));
-    dx[i] = dy[i] * s * (1.0f + x[i] * (1.0f - s));
-}
-
-// The gradient of upsample2x_f32: each input pixel collects its 2 x 2 block.
+// The gradient of upsample2x_f32 for an input [planes, h, w]: each input
+// pixel collects its 2 x 2 block of dy. One thread per input pixel.
 extern "C" __global__ void upsample2x_bwd_f32(const float* __restrict__ dy, float* __restrict__ dx,
                                               long long planes, int h, int w) {
     long long i = global_index();
@@ -73,39 +207,47 @@ extern "C" __global__ void upsample2x_bwd_f32(const float* __restrict__ dy, floa
             d[(2 * y + 1) * 2 * w + 2 * x + 1];
 }
 
-// The inverse of concat2_f32 (and the gradient of it): cat [outer, ca + cb]
-// back into a [outer, ca] and b [outer, cb].
-extern "C" __global__ void split2_f32(const float* __restrict__ cat, float* __restrict__ a, float* __restrict__ b,
-                                      long long outer, long long ca, long long cb) {
+// 2 x 2 max pooling, stride 2, of x [planes, h, w] (h, w even) to
+// y [planes, h/2, w/2]: y[p, i, j] = max over a, b in {0, 1} of
+// x[p, 2i + a, 2j + b]. One thread per output.
+extern "C" __global__ void max_pool2x2_f32(const float* __restrict__ x, float* __restrict__ y, long long planes,
+                                           int h, int w) {
     long long i = global_index();
-    if (i >= outer * (ca + cb)) return;
-    long long o = i / (ca + cb), j = i % (ca + cb);
-    if (j < ca) a[o * ca + j] = cat[i];
-    else b[o * cb + (j - ca)] = cat[i];
+    const int ho = h / 2, wo = w / 2;
+    if (i >= planes * ho * wo) return;
+    int j = i % wo;
+    long long rest = i / wo;
+    int r = rest % ho;
+    long long p = rest / ho;
+    const float* top = x + (p * h + 2 * r) * w + 2 * j;
+    const float* bottom = top + w;
+    y[i] = fmaxf(fmaxf(top[0], top[1]), fmaxf(bottom[0], bottom[1]));
 }
 
-// x_t = abar[r] x0 + bbar[r] e for the inner elements of each row r (one
-// image): the closed form of the noising chain, with per-image t.
-extern "C" __global__ void q_sample_f32(const float* __restrict__ x0, const float* __restrict__ e,
-                                        const float* __restrict__ abar, const float* __restrict__ bbar,
-                                        float* __restrict__ xt, long long n, int inner) {
+// The gradient of max_pool2x2_f32: dx at each window's largest element is
+// dy of the window, 0 at the other three; on a tie the first of the window
+// in row-major order takes it (as ops/max_pool.rs). One thread per input
+// element, which finds its window's winner itself.
+extern "C" __global__ void max_pool2x2_bwd_f32(const float* __restrict__ x, const float* __restrict__ dy,
+                                               float* __restrict__ dx, long long planes, int h, int w) {
     long long i = global_index();
-    if (i < n) xt[i] = abar[i / inner] * x0[i] + bbar[i / inner] * e[i];
-}
-
-// The mean squared error's pieces: grad = scale (pred - target) (scale =
-// 2 / n for the mean), sq = (pred - target)^2 (summed for the loss value).
-extern "C" __global__ void mse_grad_f32(const float* __restrict__ pred, const float* __restrict__ target,
-                                        float* __restrict__ grad, float* __restrict__ sq, long long n, float scale) {
-    long long i = global_index();
-    if (i >= n) return;
-    float d = pred[i] - target[i];
-    grad[i] = scale * d;
-    sq[i] = d * d;
+    if (i >= planes * h * w) return;
+    int col = i % w;
+    long long rest = i / w;
+    int row = rest % h;
+    long long p = rest / h;
+    const int r = row / 2, j = col / 2;
+    const float* top = x + (p * h + 2 * r) * w + 2 * j;
+    const float v[4] = {top[0], top[1], top[w], top[w + 1]};
+    int best = 0;
+    for (int k = 1; k < 4; ++k)
+        if (v[k] > v[best]) best = k;
+    const int mine = 2 * (row % 2) + col % 2;
+    dx[i] = best == mine ? dy[(p * (h / 2) + r) * (w / 2) + j] : 0.0f;
 }
 
 // ---- the class embedding: a table lookup and its gradient ----
-// The indices come as floats (exact below 2^24; the table has 11 rows), so
+// The indices come as floats (exact below 2^24; the Rust side checks), so
 // that every buffer of the executors is f32.
 
 // out[i, :] = table[idx[i], :] for i < n rows of `dim`.
@@ -116,8 +258,9 @@ extern "C" __global__ void gather_rows_f32(const float* __restrict__ table, cons
     out[i] = table[(long long)idx[i / dim] * dim + i % dim];
 }
 
-// d_table[r, :] = sum of d_out[i, :] over the i with idx[i] = r: one thread
-// per table entry, no atomics (so the sum's order is fixed).
+// d_table[r, :] = sum of d_out[i, :] over the i with idx[i] = r, in order
+// of i: one thread per table entry, no atomics (so the sum's order is fixed,
+// and the same as the CPU's).
 extern "C" __global__ void scatter_rows_f32(const float* __restrict__ d_out, const float* __restrict__ idx,
                                             float* __restrict__ d_table, int n, int rows, int dim) {
     long long i = global_index();
@@ -129,14 +272,15 @@ extern "C" __global__ void scatter_rows_f32(const float* __restrict__ d_out, con
     d_table[i] = s;
 }
 
-// ---- inverted dropout, its mask from Philox (as crates/nn/src/layers/dropout.rs) ----
+// ---- inverted dropout, its mask from Philox (as Tensor::dropout) ----
 // philox_uniform comes from philox.cuh, compiled in front of this file.
 
-// y = x * mask, mask = 0 where draw i of the Philox stream `seed` is below
-// p, else 1 / (1 - p). The gradient is the same op on dy with the same seed.
+// y = x * mask, mask = 0 where uniform i of the Philox stream `seed` is
+// below p, else 1 / (1 - p). The gradient is the same op on dy with the same seed.
 extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, long long n, float p,
                                        unsigned long long seed) {
     long long i = global_index();
     if (i >= n) return;
-    y[i] = philox_uniform(seed, 0, (unsigned long long)i) < p ? 0.0f : x[i] * (1.0f / (1.0f - p));
+    const float keep = 1.0f / (1.0f - p);
+    y[i] = x[i] * (philox_uniform(seed, 0, (unsigned long long)i) < p ? 0.0f : keep);
 }

@@ -1,43 +1,37 @@
-// matmul.cu: batched matrix products for the linear layers and attention,
-//   C[b] = alpha op(A[b]) op(B[b]) + bias    (M x N, reduction L),
-// with op(X) = X or X^T as the flags say, bias (may be null) added to each
-// row (a linear layer's), and batch strides given explicitly: 0 for an
-// operand shared by every batch item (a weight), more than the matrix for
-// one read out of a larger tensor (q, k, v inside qkv). blockIdx.z is the
-// batch item.
+// matmul.cu: batched matrix products (ddpm_tensor::backend::MatmulShape),
+//   C[b] = op(A[b]) op(B[b])    (M x N, reduction K),
+// with op(X) = X or X^T as the flags say, A[b] at b * stride_a and B[b] at
+// b * stride_b (0 for a weight shared by every batch item), C's batches
+// contiguous. blockIdx.z is the batch item.
 // The tiled GEMM is gemm.cuh's, compiled in front of this file; launch as
 // launch::tiled_gemm(M, N, batch).
 
 struct MatA {
-    const float* a; int m, l, transposed; long long stride;
-    __device__ float operator()(int i, int k) const {
+    const float* a; int m, k, transposed; long long stride;
+    __device__ float operator()(int i, int l) const {
         const float* p = a + blockIdx.z * stride;
-        return transposed ? p[(long long)k * m + i] : p[(long long)i * l + k];
+        return transposed ? p[(long long)l * m + i] : p[(long long)i * k + l];
     }
 };
 struct MatB {
-    const float* b; int l, n, transposed; long long stride;
-    __device__ float operator()(int k, int j) const {
+    const float* b; int k, n, transposed; long long stride;
+    __device__ float operator()(int l, int j) const {
         const float* p = b + blockIdx.z * stride;
-        return transposed ? p[(long long)j * l + k] : p[(long long)k * n + j];
+        return transposed ? p[(long long)j * k + l] : p[(long long)l * n + j];
     }
 };
 struct MatStore {
-    float* c; const float* bias; int n; long long stride; float alpha; int accumulate;
-    __device__ void operator()(int i, int j, float v) const {
-        float* p = c + blockIdx.z * stride + (long long)i * n + j;
-        float out = alpha * v + (bias ? bias[j] : 0.0f);
-        *p = accumulate ? *p + out : out;
-    }
+    float* c; int m, n;
+    __device__ void operator()(int i, int j, float v) const { c[((long long)blockIdx.z * m + i) * n + j] = v; }
 };
 
-// accumulate != 0 adds the product to C instead of overwriting it.
-extern "C" __global__ void __launch_bounds__(256) matmul_f32(
-    const float* __restrict__ a, const float* __restrict__ b, float* c, const float* __restrict__ bias, int m,
-    int n, int l, int transpose_a, int transpose_b, long long stride_a, long long stride_b, long long stride_c,
-    float alpha, int accumulate) {
-    MatA ma = {a, m, l, transpose_a, stride_a};
-    MatB mb = {b, l, n, transpose_b, stride_b};
-    MatStore st = {c, bias, n, stride_c, alpha, accumulate};
-    tiled_gemm(m, n, l, ma, mb, st);
+// A is M x K (K x M when transpose_a), B is K x N (N x K when transpose_b).
+extern "C" __global__ void __launch_bounds__(256) matmul_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                                             float* __restrict__ c, int m, int n, int k,
+                                                             int transpose_a, int transpose_b, long long stride_a,
+                                                             long long stride_b) {
+    MatA ma = {a, m, k, transpose_a, stride_a};
+    MatB mb = {b, k, n, transpose_b, stride_b};
+    MatStore st = {c, m, n};
+    tiled_gemm(m, n, k, ma, mb, st);
 }

@@ -42,7 +42,7 @@ static __device__ __forceinline__ float act_grad(float z, float g, int silu) {
 }
 
 // dx for each (n, g), and this sample's share of d_gamma and d_beta:
-// dgamma_part and dbeta_part are [N, C]; sum_rows_f32 adds them over N.
+// dgamma_part and dbeta_part are [N, C]; reduce.cu's sum_f32 adds them over N.
 extern "C" __global__ void __launch_bounds__(256) group_norm_bwd_f32(
     const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
     const float* __restrict__ dy, const float* __restrict__ mean, const float* __restrict__ rstd,
@@ -81,26 +81,4 @@ extern "C" __global__ void __launch_bounds__(256) group_norm_bwd_f32(
         float dz = act_grad(gamma[ch] * xhat + beta[ch], gb[i], silu);
         dx[(long long)ng * m + i] = r * (dz * gamma[ch] - mean_d - xhat * mean_dx);
     }
-}
-
-// out[j] = sum over i < rows of in[i * cols + j]: the batch sums of the
-// per-sample partial gradients (and of a convolution's bias gradient, after
-// a sum over positions). One thread per column: launch::elementwise(cols).
-extern "C" __global__ void sum_rows_f32(const float* __restrict__ in, float* __restrict__ out, int rows, int cols) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= cols) return;
-    float s = 0.0f;
-    for (int i = 0; i < rows; ++i) s += in[(long long)i * cols + j];
-    out[j] = s;
-}
-
-// out[r] = sum over j < inner of x[r * inner + j]: one block per row
-// (launch::per_row(rows)). A bias's gradient over the positions, the loss.
-extern "C" __global__ void __launch_bounds__(256) sum_inner_f32(const float* __restrict__ x, float* __restrict__ out,
-                                                                int inner) {
-    const float* row = x + (long long)blockIdx.x * inner;
-    float s = 0.0f;
-    for (int j = threadIdx.x; j < inner; j += BLOCK) s += row[j];
-    s = block_sum(s);
-    if (threadIdx.x == 0) out[blockIdx.x] = s;
 }

@@ -63,6 +63,23 @@ static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 static inline unsigned int __umulhi(unsigned int a, unsigned int b) {
     return (unsigned int)(((unsigned long long)a * b) >> 32);
 }
+// A double's high and low 32-bit words, and a double from them.
+static inline int __double2hiint(double d) {
+    unsigned long long bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    return (int)(unsigned int)(bits >> 32);
+}
+static inline int __double2loint(double d) {
+    unsigned long long bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    return (int)(unsigned int)bits;
+}
+static inline double __hiloint2double(int hi, int lo) {
+    unsigned long long bits = ((unsigned long long)(unsigned int)hi << 32) | (unsigned int)lo;
+    double d;
+    std::memcpy(&d, &bits, sizeof d);
+    return d;
+}
 static inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
 static inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
     return uint4{x, y, z, w};

@@ -44,7 +44,7 @@ pub enum Work {
 pub fn resolve(arg: DeviceArg, work: Work) -> Result<Device> {
     match arg {
         DeviceArg::Cpu => Ok(Device::Cpu),
-        DeviceArg::Auto => match (ddpm_cuda::open(), work) {
+        DeviceArg::Auto => match (Gpu::new(0), work) {
             (Ok(gpu), Work::Either) => Ok(Device::Cuda(gpu)),
             (Ok(gpu), Work::CpuOnly(why)) => {
                 eprintln!("note: found {}, but {why}; running on the CPU", gpu.describe());
@@ -55,7 +55,7 @@ pub fn resolve(arg: DeviceArg, work: Work) -> Result<Device> {
                 Ok(Device::Cpu)
             }
         },
-        DeviceArg::Cuda => match (ddpm_cuda::open(), work) {
+        DeviceArg::Cuda => match (Gpu::new(0), work) {
             (Ok(gpu), Work::Either) => Ok(Device::Cuda(gpu)),
             (Ok(gpu), Work::CpuOnly(why)) => {
                 bail!("--device cuda: found {}, but {why}; use --device cpu", gpu.describe())

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 
 use crate::exec::{Arg, Executor};
@@ -42,10 +42,14 @@ impl Gpu {
         Ok(Gpu { ctx, stream, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) })
     }
 
+    /// "NVIDIA H100 80GB HBM3", say.
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown GPU".into())
+    }
+
     /// "NVIDIA H100 80GB HBM3 (device 0)", say.
     pub fn describe(&self) -> String {
-        let name = self.ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        format!("{name} (device {})", self.ctx.ordinal())
+        format!("{} (device {})", self.name(), self.ctx.ordinal())
     }
 
     /// Waits for every launch so far (for timing; downloads wait by themselves).
@@ -82,19 +86,19 @@ static NULL: u64 = 0;
 impl Executor for Gpu {
     type Buf = CudaSlice<f32>;
 
-    fn zeros(&self, len: usize) -> Result<CudaSlice<f32>> {
-        Ok(self.stream.alloc_zeros::<f32>(len)?)
-    }
-
     fn output(&self, len: usize) -> Result<CudaSlice<f32>> {
-        // Safety: every op allocating with `output` launches a kernel that
-        // writes every element before anything reads it (the emulation's
-        // NaN-filled outputs check this in the tests).
+        // Safety: every buffer from `output` is written in full by a kernel
+        // or an upload before anything reads it (the emulation's NaN-filled
+        // outputs check this in the tests).
         Ok(unsafe { self.stream.alloc::<f32>(len) }?)
     }
 
     fn upload(&self, host: &[f32]) -> Result<CudaSlice<f32>> {
         Ok(self.stream.clone_htod(host)?)
+    }
+
+    fn upload_into(&self, host: &[f32], buf: &mut CudaSlice<f32>) -> Result<()> {
+        Ok(self.stream.memcpy_htod(host, buf)?)
     }
 
     fn download(&self, buf: &CudaSlice<f32>) -> Result<Vec<f32>> {
@@ -105,6 +109,10 @@ impl Executor for Gpu {
         buf.len()
     }
 
+    fn synchronize(&self) -> Result<()> {
+        Gpu::synchronize(self)
+    }
+
     fn launch(
         &self,
         module: &Module,
@@ -113,14 +121,10 @@ impl Executor for Gpu {
         args: &mut [Arg<'_, CudaSlice<f32>>],
     ) -> Result<()> {
         let f = self.function(module, kernel)?;
-        // Views for the operands read from an offset, made before the builder borrows them.
-        let views: Vec<Option<CudaView<'_, f32>>> =
-            args.iter().map(|a| if let Arg::InAt(b, off) = a { Some(b.slice(*off..)) } else { None }).collect();
         let mut b = self.stream.launch_builder(&f);
-        for (arg, view) in args.iter_mut().zip(&views) {
+        for arg in args.iter_mut() {
             match arg {
                 Arg::In(buf) => b.arg(*buf),
-                Arg::InAt(..) => b.arg(view.as_ref().expect("made above")),
                 Arg::Out(buf) => b.arg(&mut **buf),
                 Arg::Null => b.arg(&NULL),
                 Arg::I32(v) => b.arg(&*v),
@@ -130,8 +134,8 @@ impl Executor for Gpu {
                 Arg::F64(v) => b.arg(&*v),
             };
         }
-        // Safety: the ops of `DeviceOps` push the arguments in the order and
-        // types of each kernel's C signature, after checking the lengths.
+        // Safety: the launches of `crate::ops` push the arguments in the order
+        // and types of each kernel's C signature, after checking the lengths.
         unsafe { b.launch(at.into()) }?;
         Ok(())
     }

@@ -4,10 +4,16 @@
 //! emulation of the kernels (`crates/kernel-emu`), so that the tests of the
 //! kernels also test the grids they are launched with.
 
+/// A convolution's extents, as the tensor crate describes them: x [n, c, h, w],
+/// weight [k, c, r, s], y [n, k, ho, wo].
+pub use ddpm_tensor::backend::ConvShape;
+
 /// Threads per block of every kernel here.
 pub const THREADS: u32 = 256;
 /// The output tile of `gemm.cuh` (rows and columns per block).
 pub const GEMM_TILE: usize = 64;
+/// Elements per block of `sumsq_partial_f32` (`SUMSQ_CHUNK` in reduce.cu).
+pub const SUMSQ_CHUNK: usize = 4096;
 
 /// A grid of blocks and the threads of one block, (x, y, z) each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,14 +22,28 @@ pub struct Launch {
     pub block: (u32, u32, u32),
 }
 
+impl Launch {
+    /// Whether CUDA takes this grid: at most 2^31 - 1 blocks along x and
+    /// 65,535 along y and z.
+    pub fn check(&self) -> Result<(), String> {
+        let (x, y, z) = self.grid;
+        if x > i32::MAX as u32 || y > 65_535 || z > 65_535 {
+            return Err(format!("a grid of {x} x {y} x {z} blocks is more than CUDA launches"));
+        }
+        Ok(())
+    }
+}
+
 impl From<Launch> for cudarc::driver::LaunchConfig {
     fn from(l: Launch) -> Self {
         cudarc::driver::LaunchConfig { grid_dim: l.grid, block_dim: l.block, shared_mem_bytes: 0 }
     }
 }
 
+/// `n` as a grid extent; [`Launch::check`] refuses what is too large (an
+/// extent beyond u32 saturates, so that it does too).
 fn count(n: usize) -> u32 {
-    u32::try_from(n).expect("grid dimension beyond u32")
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// One thread per element of `n`.
@@ -40,71 +60,30 @@ pub fn tiled_gemm(rows: usize, cols: usize, batch: usize) -> Launch {
     }
 }
 
-/// One block per row (a group of group norm, a row of softmax).
+/// One block per row (a group of group norm, a row of softmax, an output
+/// of a sum).
 pub fn per_row(rows: usize) -> Launch {
     Launch { grid: (count(rows).max(1), 1, 1), block: (THREADS, 1, 1) }
 }
 
-/// A convolution's extents: input [n, c, h, w], weight [k, c, r, s].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvShape {
-    pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
-    pub k: usize,
-    pub r: usize,
-    pub s: usize,
-    pub stride: usize,
-    pub pad: usize,
+/// `sumsq_partial_f32` over `n` elements: one block per [`SUMSQ_CHUNK`].
+pub fn sum_of_squares(n: usize) -> Launch {
+    per_row(n.div_ceil(SUMSQ_CHUNK))
 }
 
-impl ConvShape {
-    pub fn ho(&self) -> usize {
-        (self.h + 2 * self.pad - self.r) / self.stride + 1
-    }
+/// `conv2d_fwd_f32`: rows k, columns n * ho * wo.
+pub fn conv_forward(g: &ConvShape) -> Launch {
+    tiled_gemm(g.k, g.n * g.ho() * g.wo(), 1)
+}
 
-    pub fn wo(&self) -> usize {
-        (self.w + 2 * self.pad - self.s) / self.stride + 1
-    }
+/// `conv2d_bwd_input_f32`: rows c, columns n * h * w.
+pub fn conv_backward_input(g: &ConvShape) -> Launch {
+    tiled_gemm(g.c, g.n * g.h * g.w, 1)
+}
 
-    pub fn input_len(&self) -> usize {
-        self.n * self.c * self.h * self.w
-    }
-
-    pub fn weight_len(&self) -> usize {
-        self.k * self.c * self.r * self.s
-    }
-
-    pub fn output_len(&self) -> usize {
-        self.n * self.k * self.ho() * self.wo()
-    }
-
-    /// Multiply-adds of one pass (forward, or either gradient).
-    pub fn macs(&self) -> usize {
-        self.output_len() * self.c * self.r * self.s
-    }
-
-    /// The kernels' integer arguments, in their order: n, c, h, w, k, r, s, stride, pad.
-    pub fn args(&self) -> [i32; 9] {
-        let a = [self.n, self.c, self.h, self.w, self.k, self.r, self.s, self.stride, self.pad];
-        a.map(|v| i32::try_from(v).expect("convolution extent beyond i32"))
-    }
-
-    /// `conv2d_fwd_f32`: rows k, columns n * ho * wo.
-    pub fn forward(&self) -> Launch {
-        tiled_gemm(self.k, self.n * self.ho() * self.wo(), 1)
-    }
-
-    /// `conv2d_bwd_input_f32`: rows c, columns n * h * w.
-    pub fn backward_input(&self) -> Launch {
-        tiled_gemm(self.c, self.n * self.h * self.w, 1)
-    }
-
-    /// `conv2d_bwd_weight_f32`: rows k, columns c * r * s.
-    pub fn backward_weight(&self) -> Launch {
-        tiled_gemm(self.k, self.c * self.r * self.s, 1)
-    }
+/// `conv2d_bwd_weight_f32`: rows k, columns c * r * s.
+pub fn conv_backward_weight(g: &ConvShape) -> Launch {
+    tiled_gemm(g.k, g.c * g.r * g.s, 1)
 }
 
 #[cfg(test)]
@@ -117,8 +96,17 @@ mod tests {
         assert_eq!(l.grid, (2, 2, 3));
         assert_eq!(elementwise(257).grid.0, 2);
         assert_eq!(elementwise(0).grid.0, 1);
+        assert_eq!(sum_of_squares(SUMSQ_CHUNK + 1).grid.0, 2);
         let conv = ConvShape { n: 2, c: 3, h: 28, w: 28, k: 32, r: 3, s: 3, stride: 2, pad: 1 };
         assert_eq!((conv.ho(), conv.wo()), (14, 14));
-        assert_eq!(conv.forward().grid, ((2 * 14 * 14usize).div_ceil(64) as u32, 1, 1));
+        assert_eq!(conv_forward(&conv).grid, ((2 * 14 * 14usize).div_ceil(64) as u32, 1, 1));
+    }
+
+    #[test]
+    fn grids_cuda_cannot_launch_are_refused() {
+        assert!(tiled_gemm(64, 64, 65_535).check().is_ok());
+        assert!(tiled_gemm(64, 64, 65_536).check().is_err());
+        assert!(tiled_gemm(64 * 65_536, 64, 1).check().is_err());
+        assert!(elementwise(usize::MAX).check().is_err());
     }
 }

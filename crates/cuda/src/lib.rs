@@ -6,25 +6,51 @@
 //! - [`launch`]: the grid of every kernel;
 //! - [`Executor`]: what launches kernels on its buffers: the [`Gpu`], and in
 //!   the tests the CPU emulation of the kernels (`crates/kernel-emu`);
-//! - [`DeviceOps`]: every kernel as a checked op, written once for both.
+//! - [`ops`]: every kernel as a checked launch, written once for both;
+//! - [`pool`]: the caching allocator of a device's buffers;
+//! - [`KernelBackend`]: the tensor crate's `Backend` on those launches, so
+//!   that `ddpm_tensor::Tensor`s live and compute on the device; [`open`]
+//!   registers it for a GPU;
+//! - [`DeviceOps`]: the ops of the first GPU path (`crates/ddpm/src/device.rs`),
+//!   on the same launches, until that path moves onto tensors.
 //!
 //! Nothing here needs CUDA to build: cudarc loads libcuda and libnvrtc when
 //! first used, and every entry point reports their absence as an error.
 
+mod backend;
 mod error;
 mod exec;
 mod gpu;
 pub mod launch;
+mod legacy;
 pub mod nvrtc;
-mod ops;
+pub mod ops;
+pub mod pool;
 pub mod source;
 
+use std::sync::Arc;
+
+use ddpm_tensor::backend::{backend_of, register};
+use ddpm_tensor::Device;
+
+pub use backend::KernelBackend;
 pub use error::{CudaError, Result};
 pub use exec::{Arg, Executor};
 pub use gpu::{driver_present, Gpu};
-pub use ops::{AdamStep, ConvKernel, DeviceOps, MatmulShape, NormShape, Step, Update};
+pub use legacy::{AdamStep, DeviceOps, MatmulShape, NormShape, Step, Update};
+pub use ops::conv2d::ConvKernel;
 
-/// Opens GPU 0, or says why not (for `--device auto|cuda`).
-pub fn open() -> Result<Gpu> {
-    Gpu::new(0)
+/// Opens GPU `ordinal` and registers its backend, so that tensors can move
+/// there (`Tensor::to(Device::Cuda(ordinal))`); returns the device. An error,
+/// never a panic, when there is no driver, no NVRTC or no such device.
+/// Opening a device twice keeps the first backend (tensors may hold it).
+pub fn open(ordinal: usize) -> Result<Device> {
+    let device = Device::Cuda(ordinal);
+    if backend_of(device).is_ok() {
+        return Ok(device);
+    }
+    let gpu = Gpu::new(ordinal)?;
+    let description = format!("{} ({device})", gpu.name());
+    register(Arc::new(KernelBackend::new(gpu, device, description)));
+    Ok(device)
 }

@@ -2,8 +2,9 @@
 //!
 //! `kernels/*.cu` are compiled at run time by NVRTC (see [`crate::nvrtc`]);
 //! embedding them means a built binary needs no source tree. NVRTC has no
-//! include path here, so a file that builds on a shared header (`gemm.cuh`)
-//! `reduce.cuh` or `philox.cuh` lists it as a prelude: the program compiled is the preludes, then the file.
+//! include path here, so a file that builds on a shared header (`gemm.cuh`,
+//! `reduce.cuh` or `philox.cuh`) lists it as a prelude: the program compiled
+//! is the preludes, then the file.
 
 /// One compilation unit: a `.cu` file and what it needs in front of it.
 #[derive(Debug, Clone, Copy)]
@@ -27,7 +28,7 @@ pub struct Prelude {
 
 pub const GEMM: Prelude = Prelude { file: "gemm.cuh", source: include_str!("../../../kernels/gemm.cuh") };
 
-pub const REDUCE: Prelude = Prelude { file: "reduce.cuh", source: include_str!("../../../kernels/reduce.cuh") };
+pub const BLOCK_REDUCE: Prelude = Prelude { file: "reduce.cuh", source: include_str!("../../../kernels/reduce.cuh") };
 
 pub const PHILOX: Prelude = Prelude { file: "philox.cuh", source: include_str!("../../../kernels/philox.cuh") };
 
@@ -57,16 +58,16 @@ pub const ELEMENTWISE: Module = Module {
     preludes: &[PHILOX],
     source: include_str!("../../../kernels/elementwise.cu"),
     kernels: &[
-        "silu_f32",
-        "add_assign_f32",
-        "add_broadcast_f32",
-        "concat2_f32",
+        "fill_f32",
+        "unary_f32",
+        "unary_bwd_f32",
+        "binary_f32",
+        "copy_blocks_f32",
+        "gather_f32",
         "upsample2x_f32",
-        "silu_bwd_f32",
         "upsample2x_bwd_f32",
-        "split2_f32",
-        "q_sample_f32",
-        "mse_grad_f32",
+        "max_pool2x2_f32",
+        "max_pool2x2_bwd_f32",
         "gather_rows_f32",
         "scatter_rows_f32",
         "dropout_f32",
@@ -75,9 +76,9 @@ pub const ELEMENTWISE: Module = Module {
 
 pub const SOFTMAX: Module = Module {
     file: "softmax.cu",
-    preludes: &[REDUCE],
+    preludes: &[BLOCK_REDUCE],
     source: include_str!("../../../kernels/softmax.cu"),
-    kernels: &["softmax_rows_f32", "softmax_bwd_rows_f32"],
+    kernels: &["softmax_f32", "log_softmax_f32", "softmax_bwd_f32", "log_softmax_bwd_f32"],
 };
 
 pub const SAMPLING: Module = Module {
@@ -89,20 +90,27 @@ pub const SAMPLING: Module = Module {
 
 pub const NORM: Module = Module {
     file: "norm.cu",
-    preludes: &[REDUCE],
+    preludes: &[BLOCK_REDUCE],
     source: include_str!("../../../kernels/norm.cu"),
-    kernels: &["group_norm_fwd_f32", "group_norm_bwd_f32", "sum_rows_f32", "sum_inner_f32"],
+    kernels: &["group_norm_fwd_f32", "group_norm_bwd_f32"],
+};
+
+pub const REDUCE: Module = Module {
+    file: "reduce.cu",
+    preludes: &[BLOCK_REDUCE],
+    source: include_str!("../../../kernels/reduce.cu"),
+    kernels: &["sum_f32", "sumsq_partial_f32", "global_norm_f32"],
 };
 
 pub const OPTIM: Module = Module {
     file: "optim.cu",
-    preludes: &[REDUCE],
+    preludes: &[],
     source: include_str!("../../../kernels/optim.cu"),
-    kernels: &["clip_coef_f32", "sumsq_f32", "adam_f32", "ema_f32"],
+    kernels: &["adam_f32", "lerp_f32"],
 };
 
 /// Every module, in the order CI compiles them.
-pub const MODULES: &[Module] = &[CONV2D, MATMUL, ELEMENTWISE, NORM, SOFTMAX, SAMPLING, OPTIM];
+pub const MODULES: &[Module] = &[CONV2D, MATMUL, ELEMENTWISE, REDUCE, NORM, SOFTMAX, SAMPLING, OPTIM];
 
 impl Module {
     /// The program NVRTC compiles: the preludes, then the file.
