@@ -154,7 +154,7 @@ impl Tensor {
         dims[axis] = extent;
         let (before, block) = (start * inner, len * inner);
         if let Placement::Device(backend) = placement("narrow_backward", &[self])? {
-            let outer = self.numel() / block.max(1);
+            let outer: usize = self.dims()[..axis].iter().product();
             let mut out = backend.alloc(outer * extent * inner)?;
             backend.fill(&mut *out, 0.0)?;
             let copy = BlockCopy {
