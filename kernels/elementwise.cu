@@ -119,19 +119,27 @@ static __device__ __forceinline__ float binary(int op, float x, float y) {
     }
 }
 
-// The output index i unravelled over (d1, d2, d3): in T, 32-bit when the
-// output fits (integer division is much cheaper there), 64-bit otherwise.
+// The index i of a d0 x d1 x d2 x d3 walk (d3 fastest) as (i0, i1, i2, i3),
+// in T: 32-bit when the walk fits (integer division is much cheaper there),
+// 64-bit otherwise.
 template <class T>
-static __device__ __forceinline__ void binary_at(const float* a, const float* b, float* out, int op, T i, T d1, T d2,
-                                                 T d3, long long sa0, long long sa1, long long sa2, long long sa3,
-                                                 long long sb0, long long sb1, long long sb2, long long sb3) {
+static __device__ __forceinline__ void unravel4(T i, T d1, T d2, T d3, long long* at) {
     T i3 = i % d3, r = i / d3;
     T i2 = r % d2;
     r /= d2;
-    T i1 = r % d1, i0 = r / d1;
-    long long ia = i0 * sa0 + i1 * sa1 + i2 * sa2 + i3 * sa3;
-    long long ib = i0 * sb0 + i1 * sb1 + i2 * sb2 + i3 * sb3;
-    out[i] = binary(op, a[ia], b[ib]);
+    at[0] = r / d1;
+    at[1] = r % d1;
+    at[2] = i2;
+    at[3] = i3;
+}
+
+// (i0, i1, i2, i3) of output index i < n.
+static __device__ __forceinline__ void index4(long long i, long long n, long long d1, long long d2, long long d3,
+                                              long long* at) {
+    if (n <= 2147483647LL)
+        unravel4<unsigned int>((unsigned int)i, (unsigned int)d1, (unsigned int)d2, (unsigned int)d3, at);
+    else
+        unravel4<long long>(i, d1, d2, d3, at);
 }
 
 extern "C" __global__ void binary_f32(const float* __restrict__ a, const float* __restrict__ b,
@@ -140,11 +148,11 @@ extern "C" __global__ void binary_f32(const float* __restrict__ a, const float* 
                                       long long sb0, long long sb1, long long sb2, long long sb3) {
     long long n = d0 * d1 * d2 * d3, i = global_index();
     if (i >= n) return;
-    if (n <= 2147483647LL)
-        binary_at<unsigned int>(a, b, out, op, (unsigned int)i, (unsigned int)d1, (unsigned int)d2, (unsigned int)d3,
-                                sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3);
-    else
-        binary_at<long long>(a, b, out, op, i, d1, d2, d3, sa0, sa1, sa2, sa3, sb0, sb1, sb2, sb3);
+    long long k[4];
+    index4(i, n, d1, d2, d3, k);
+    long long ia = k[0] * sa0 + k[1] * sa1 + k[2] * sa2 + k[3] * sa3;
+    long long ib = k[0] * sb0 + k[1] * sb1 + k[2] * sb2 + k[3] * sb3;
+    out[i] = binary(op, a[ia], b[ib]);
 }
 
 // ---- moving numbers ----
@@ -156,9 +164,16 @@ extern "C" __global__ void binary_f32(const float* __restrict__ a, const float* 
 extern "C" __global__ void copy_blocks_f32(const float* __restrict__ src, float* __restrict__ dst, long long blocks,
                                            long long width, long long src_stride, long long src_offset,
                                            long long dst_stride, long long dst_offset) {
-    long long i = global_index();
-    if (i >= blocks * width) return;
-    long long q = i / width, j = i % width;
+    long long i = global_index(), n = blocks * width;
+    if (i >= n) return;
+    long long q, j;
+    if (n <= 2147483647LL) {  // 32-bit division where the copy fits, as in binary_f32
+        q = (unsigned int)i / (unsigned int)width;
+        j = (unsigned int)i % (unsigned int)width;
+    } else {
+        q = i / width;
+        j = i % width;
+    }
     dst[q * dst_stride + dst_offset + j] = src[q * src_stride + src_offset + j];
 }
 
@@ -168,13 +183,11 @@ extern "C" __global__ void copy_blocks_f32(const float* __restrict__ src, float*
 extern "C" __global__ void gather_f32(const float* __restrict__ src, float* __restrict__ dst, long long d0,
                                       long long d1, long long d2, long long d3, long long s0, long long s1,
                                       long long s2, long long s3) {
-    long long i = global_index();
-    if (i >= d0 * d1 * d2 * d3) return;
-    long long i3 = i % d3, r = i / d3;
-    long long i2 = r % d2;
-    r /= d2;
-    long long i1 = r % d1, i0 = r / d1;
-    dst[i] = src[i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3];
+    long long n = d0 * d1 * d2 * d3, i = global_index();
+    if (i >= n) return;
+    long long k[4];
+    index4(i, n, d1, d2, d3, k);
+    dst[i] = src[k[0] * s0 + k[1] * s1 + k[2] * s2 + k[3] * s3];
 }
 
 // ---- images: [planes, h, w] ----

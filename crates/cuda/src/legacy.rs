@@ -20,7 +20,7 @@ use crate::{CudaError, Result};
 /// The scalars of one Adam step (the tensor crate's).
 pub use ddpm_tensor::backend::AdamStep;
 
-/// A batched product C[i] = alpha op(A[i]) op(B[i]) + bias for i < batch: C
+/// A batched product `C[i] = alpha op(A[i]) op(B[i]) + bias` for i < batch: C
 /// is m x n (contiguous batches), the reduction has length l; A is m x l
 /// (l x m when transposed), B is l x n (n x l when transposed). A's and B's
 /// batch strides are explicit: 0 for a shared weight, larger than the matrix
@@ -344,7 +344,7 @@ pub trait DeviceOps: Executor + Sized {
         Ok(())
     }
 
-    /// x[r, j] += v[r] for x [rows, inner], v [rows].
+    /// `x[r, j] += v[r]` for x `[rows, inner]`, v `[rows]`.
     fn add_broadcast(&self, x: &mut Self::Buf, v: &Self::Buf, inner: usize) -> Result<()> {
         let rows = self.len(v);
         check_len("add_broadcast", self.len(x), rows * inner)?;
@@ -421,7 +421,7 @@ pub trait DeviceOps: Executor + Sized {
         Ok((a, b))
     }
 
-    /// x_t = abar[r] x0 + bbar[r] e, per row r of `inner` elements (one image).
+    /// `x_t = abar[r] x0 + bbar[r] e`, per row r of `inner` elements (one image).
     fn q_sample(
         &self,
         x0: &Self::Buf,
@@ -497,7 +497,7 @@ pub trait DeviceOps: Executor + Sized {
         Ok(out)
     }
 
-    /// One Adam step on parameter p with gradient g times clip[1]; see
+    /// One Adam step on parameter p with gradient g times `clip[1]`; see
     /// `kernels/optim.cu` for the formula and [`AdamStep`] for the scalars.
     fn adam(
         &self,

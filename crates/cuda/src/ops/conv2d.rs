@@ -34,7 +34,7 @@ fn pick(kernel: ConvKernel, tiled: (&'static str, Launch), naive: (&'static str,
     }
 }
 
-/// y = conv2d(x, w) + bias[k] + shift[n, k] + residual, the optional terms
+/// `y = conv2d(x, w) + bias[k] + shift[n, k] + residual`, the optional terms
 /// absent when `None`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward<E: Executor>(

@@ -14,7 +14,7 @@ use crate::Result;
 /// The most axes `binary_f32` and `gather_f32` walk.
 pub const MAX_AXES: usize = 4;
 
-/// out[i] = value.
+/// `out[i] = value`.
 pub fn fill<E: Executor>(e: &E, mut out: Out<'_, E::Buf>, value: f32) -> Result<()> {
     let n = out.len();
     if n == 0 {
@@ -206,7 +206,7 @@ fn merge(g: &Gather) -> (Vec<usize>, Vec<usize>) {
     (dims, strides)
 }
 
-/// dst[i] = src[sum_k i_k strides[k]] for i unravelled over the gather's
+/// `dst[i] = src[sum_k i_k strides[k]]` for i unravelled over the gather's
 /// dims: a permutation. At most [`MAX_AXES`] axes after merging.
 pub fn gather<E: Executor>(e: &E, src: In<'_, E::Buf>, mut dst: Out<'_, E::Buf>, g: &Gather) -> Result<()> {
     let op = "permute";

@@ -17,7 +17,7 @@ fn span(batch: usize, stride: usize, len: usize) -> usize {
     }
 }
 
-/// C[i] = op(A[i]) op(B[i]) for i < batch (see [`MatmulShape`]).
+/// `C[i] = op(A[i]) op(B[i])` for i < batch (see [`MatmulShape`]).
 pub fn matmul<E: Executor>(
     e: &E,
     a: In<'_, E::Buf>,

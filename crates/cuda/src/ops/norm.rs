@@ -70,7 +70,7 @@ pub fn group_norm<E: Executor>(
 }
 
 /// The buffers a group norm's backward pass writes: d_x, and d_gamma and
-/// d_beta [c] with their per-sample partial sums [n, c] (scratch).
+/// d_beta, each `[c]`, with their per-sample partial sums, each `[n, c]` (scratch).
 pub struct NormGrads<'a, B> {
     pub d_x: Out<'a, B>,
     pub d_gamma: Out<'a, B>,

@@ -26,7 +26,7 @@ fn padded(op: &'static str, what: &str, pairs: &[(usize, usize)]) -> Result<[(us
     Ok(out)
 }
 
-/// out[o] = the sum over the reduced axes from output o's base offset (see
+/// `out[o]` = the sum over the reduced axes from output o's base offset (see
 /// [`Reduction`]): one block per output.
 pub fn sum<E: Executor>(e: &E, x: In<'_, E::Buf>, mut out: Out<'_, E::Buf>, r: &Reduction) -> Result<()> {
     let op = "sum_axes";
@@ -61,7 +61,7 @@ pub fn partials_len(lens: &[usize]) -> usize {
     2 * lens.iter().map(|n| n.div_ceil(SUMSQ_CHUNK)).sum::<usize>()
 }
 
-/// out[0] = sqrt(sum over every x of every element squared), in double:
+/// `out[0]` = sqrt(sum over every x of every element squared), in double:
 /// each x's blocks write their partial sums to `partials` (of
 /// [`partials_len`]), then one block adds them all.
 pub fn global_norm<E: Executor>(

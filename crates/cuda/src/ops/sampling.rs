@@ -9,7 +9,7 @@ use crate::launch::elementwise;
 use crate::source::SAMPLING;
 use crate::Result;
 
-/// out[i] = `philox::normal(seed, offset, i)`.
+/// `out[i] = philox::normal(seed, offset, i)`.
 pub fn randn<E: Executor>(e: &E, mut out: Out<'_, E::Buf>, seed: u64, offset: u64) -> Result<()> {
     let n = out.len();
     if n == 0 {
