@@ -41,10 +41,6 @@ where
         KernelBackend { exec, device, description: description.into(), pool: Arc::new(Pool::new(MAX_CACHED_BYTES)) }
     }
 
-    pub fn executor(&self) -> &E {
-        &self.exec
-    }
-
     /// The freed buffers waiting for reuse.
     pub fn pool(&self) -> &Pool<E::Buf> {
         &self.pool

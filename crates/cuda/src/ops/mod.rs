@@ -96,11 +96,6 @@ impl<'a, B> Out<'a, B> {
         In { len: self.len, buf: self.buf.as_deref() }
     }
 
-    /// The same buffer for another launch.
-    pub fn reborrow(&mut self) -> Out<'_, B> {
-        Out { len: self.len, buf: self.buf.as_deref_mut() }
-    }
-
     fn arg(&mut self) -> Arg<'_, B> {
         match &mut self.buf {
             Some(b) if self.len > 0 => Arg::Out(b),
