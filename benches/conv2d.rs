@@ -1,7 +1,8 @@
-//! The convolution kernels at the U-Net's shapes (batch 64, MNIST), in GFLOP/s:
-//! the CPU's (direct AVX-512 kernels where they apply, else im2col + GEMM, on
-//! rayon; `DDPM_CONV=gemm` forces im2col + GEMM, to compare), and where a GPU can be used the CUDA
-//! kernels of kernels/conv2d.cu (tiled implicit GEMM, and the naive reference).
+//! The convolution kernels at the U-Net's shapes (batch 64, MNIST), in GFLOP/s,
+//! through the tensor ops on each device: the CPU's (direct AVX-512 kernels
+//! where they apply, else im2col + GEMM, on rayon; `DDPM_CONV=gemm` forces
+//! im2col + GEMM, to compare), and where a GPU can be used the CUDA kernels of
+//! kernels/conv2d.cu (tiled implicit GEMM), timed to completion (synchronised).
 //!
 //! A convolution x [N, C, H, W] * weight [K, C, R, S] -> y [N, K, Ho, Wo] costs
 //! 2 N K C R S Ho Wo flops, and so does each of its two gradients (the same
@@ -9,10 +10,9 @@
 //! that many "elements", so the throughput it prints as `Gelem/s` is GFLOP/s.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ddpm_cuda::launch::ConvShape;
-use ddpm_cuda::{ConvKernel, DeviceOps, Executor, Gpu};
+use ddpm_rs::tensor::backend::synchronize;
 use ddpm_rs::tensor::ops::{conv2d_backward_input, conv2d_backward_weight, Conv2dParams};
-use ddpm_rs::tensor::Tensor;
+use ddpm_rs::tensor::{Device, Tensor};
 use rand::{rngs::StdRng, SeedableRng};
 use std::time::Duration;
 
@@ -36,13 +36,11 @@ fn conv2d(c: &mut Criterion) {
     let mut group = c.benchmark_group("conv2d");
     group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     let mut rng = StdRng::seed_from_u64(0);
-    let gpu = match Gpu::new(0) {
-        Ok(gpu) => Some(gpu),
-        Err(e) => {
-            eprintln!("GPU benches skipped: {e}");
-            None
-        }
-    };
+    let mut devices = vec![("cpu", Device::Cpu)];
+    match ddpm::device::cuda(0) {
+        Ok(gpu) => devices.push(("gpu", gpu)),
+        Err(why) => eprintln!("GPU benches skipped: {why}"),
+    }
     for &(cin, k, hw, r, stride, padding, what) in SHAPES {
         let p = Conv2dParams { stride, padding };
         let x = Tensor::randn([BATCH, cin, hw, hw], &mut rng);
@@ -53,56 +51,34 @@ fn conv2d(c: &mut Criterion) {
         let [_, _, ho, wo] = *y.dims() else { unreachable!() };
         // The "elements" are flops: one multiply and one add per weight tap per output.
         group.throughput(Throughput::Elements((2 * BATCH * k * cin * r * r * ho * wo) as u64));
-        if let Some(gpu) = &gpu {
-            let g = ConvShape { n: BATCH, c: cin, h: hw, w: hw, k, r, s: r, stride, pad: padding };
-            bench_gpu(&mut group, gpu, &g, what, [&x, &w, &b, &d_out]);
+        for &(name, device) in &devices {
+            let on = |t: &Tensor| t.to(device).unwrap();
+            let (x, w, b, d_out) = (on(&x), on(&w), on(&b), on(&d_out));
+            let sync = || synchronize(device).unwrap();
+            group.bench_function(BenchmarkId::new(format!("{name}/forward"), what), |bench| {
+                bench.iter(|| {
+                    let y = x.conv2d(&w, Some(&b), p).unwrap();
+                    sync();
+                    y
+                })
+            });
+            group.bench_function(BenchmarkId::new(format!("{name}/backward_input"), what), |bench| {
+                bench.iter(|| {
+                    let d = conv2d_backward_input(&d_out, &w, x.shape(), p).unwrap();
+                    sync();
+                    d
+                })
+            });
+            group.bench_function(BenchmarkId::new(format!("{name}/backward_weight"), what), |bench| {
+                bench.iter(|| {
+                    let d = conv2d_backward_weight(&x, &d_out, w.shape(), p).unwrap();
+                    sync();
+                    d
+                })
+            });
         }
-        group.bench_function(BenchmarkId::new("forward", what), |bench| {
-            bench.iter(|| x.conv2d(&w, Some(&b), p).unwrap())
-        });
-        group.bench_function(BenchmarkId::new("backward_input", what), |bench| {
-            bench.iter(|| conv2d_backward_input(&d_out, &w, x.shape(), p).unwrap())
-        });
-        group.bench_function(BenchmarkId::new("backward_weight", what), |bench| {
-            bench.iter(|| conv2d_backward_weight(&x, &d_out, w.shape(), p).unwrap())
-        });
     }
     group.finish();
-}
-
-/// The three CUDA kernels, tiled and naive, timed to completion (synchronised).
-fn bench_gpu(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    gpu: &Gpu,
-    g: &ConvShape,
-    what: &str,
-    [x, w, b, d_out]: [&Tensor; 4],
-) {
-    let up = |t: &Tensor| gpu.upload(t.as_slice()).unwrap();
-    let (x, w, b, d_out) = (up(x), up(w), up(b), up(d_out));
-    for (kernel, name) in [(ConvKernel::Tiled, "gpu_tiled"), (ConvKernel::Naive, "gpu_naive")] {
-        group.bench_function(BenchmarkId::new(format!("{name}/forward"), what), |bench| {
-            bench.iter(|| {
-                let y = gpu.conv2d_forward(kernel, g, &x, &w, Some(&b)).unwrap();
-                gpu.synchronize().unwrap();
-                y
-            })
-        });
-        group.bench_function(BenchmarkId::new(format!("{name}/backward_input"), what), |bench| {
-            bench.iter(|| {
-                let d = gpu.conv2d_backward_input(kernel, g, &d_out, &w).unwrap();
-                gpu.synchronize().unwrap();
-                d
-            })
-        });
-        group.bench_function(BenchmarkId::new(format!("{name}/backward_weight"), what), |bench| {
-            bench.iter(|| {
-                let d = gpu.conv2d_backward_weight(kernel, g, &x, &d_out).unwrap();
-                gpu.synchronize().unwrap();
-                d
-            })
-        });
-    }
 }
 
 criterion_group!(benches, conv2d);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine (see scripts/gpu_prepare.sh), in one go: the GPU
-# parity tests of every tensor op and of the old path (required to find the
-# GPU), the Rust GPU benches and the PyTorch anchor on the same GPU.
+# parity tests (every tensor op, the U-Net's pass and gradients, training
+# steps and the samplers against the CPU; required to find the GPU), the
+# Rust GPU benches and the PyTorch anchor on the same GPU.
 # Results go to $OUT (or gpu-out/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +23,6 @@ run() { # name, command...
     tail -3 "$OUT/$name.txt" | tee -a "$OUT/summary.txt"
     echo "rc=$rc" | tee -a "$OUT/summary.txt"
 }
-run parity-tests env DDPM_REQUIRE_GPU=1 gpu-bin/parity-tests --test-threads 1
 run gpu-tests env DDPM_REQUIRE_GPU=1 gpu-bin/gpu-tests --test-threads 1
 run rust-train-tiny gpu-bin/xtask bench train --preset tiny --batch 64 --steps 20 --device cuda
 run rust-train-small gpu-bin/xtask bench train --preset small --batch 128 --steps 20 --device cuda

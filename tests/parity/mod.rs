@@ -2,8 +2,9 @@
 //! on the host, `x.to(device)?.op(..)?.to(Device::Cpu)?` against `x.op(..)?`.
 //! Shared by the test binaries of each device: `tests/emulated.rs` (the
 //! kernels in CPU emulation, everywhere) and `tests/gpu.rs` (a real GPU,
-//! where there is one). [`parity_tests!`] makes one `#[test]` per check of
-//! [`ops`].
+//! where there is one). [`ops`] checks each op; [`model`] checks the same
+//! graph on both storages: the U-Net's pass with its gradients, training
+//! steps and the samplers. [`parity_tests!`] makes one `#[test]` per check.
 //!
 //! Tolerances: a result that sums `terms` products of N(0, 1) numbers in f32
 //! carries a rounding error that grows like sqrt(terms) (the host and the
@@ -11,6 +12,7 @@
 //! [`tolerance`] scales with it; an elementwise op's result is within a few
 //! ulp of the host's (the device's expf, logf, ... are not libm's).
 
+pub mod model;
 pub mod ops;
 
 use ddpm_tensor::{Device, Shape, Tensor};
@@ -58,43 +60,47 @@ pub fn host(x: &Tensor) -> Tensor {
     x.to(Device::Cpu).unwrap_or_else(|e| panic!("back to the host: {e}"))
 }
 
-/// One `#[test]` per check of [`ops`], each calling it with the device of
+/// One `#[test]` per check of [`ops`] and [`model`], each calling it with the device of
 /// `$device`, an `Option<ddpm_tensor::Device>`: `None` means there is no
 /// such device here (the expression says why), and the test returns.
 macro_rules! parity_tests {
     ($device:expr) => {
         $crate::parity::parity_tests!(@each $device;
-            moving_tensors_between_the_host_and_the_device,
-            every_unary_op,
-            every_unary_backward,
-            broadcasts_of_the_unet_and_random_ones,
-            sums_over_every_axis_subset_of_a_rank_4_tensor,
-            permute_concat_narrow_and_their_inverses,
-            matmul_with_every_transpose_and_a_shared_weight,
-            conv2d_with_bias_shift_and_residual,
-            conv2d_gradients,
-            group_norm_with_and_without_silu,
-            softmax_and_log_softmax,
-            upsample_and_max_pool,
-            embedding_rows_and_their_scatter_add,
-            dropout_draws_the_cpu_mask,
-            randn_philox_gives_the_cpu_numbers,
-            sampling_steps,
-            adam_and_lerp,
-            global_norm_and_scale_by,
-            writes_to_a_shared_device_buffer_copy_it_first,
-            empty_tensors,
-            mixed_devices_and_closures_are_errors,
-            layouts_the_kernels_cannot_take_are_errors,
+            ops::moving_tensors_between_the_host_and_the_device,
+            ops::every_unary_op,
+            ops::every_unary_backward,
+            ops::broadcasts_of_the_unet_and_random_ones,
+            ops::sums_over_every_axis_subset_of_a_rank_4_tensor,
+            ops::permute_concat_narrow_and_their_inverses,
+            ops::matmul_with_every_transpose_and_a_shared_weight,
+            ops::conv2d_with_bias_shift_and_residual,
+            ops::conv2d_gradients,
+            ops::group_norm_with_and_without_silu,
+            ops::softmax_and_log_softmax,
+            ops::upsample_and_max_pool,
+            ops::embedding_rows_and_their_scatter_add,
+            ops::dropout_draws_the_cpu_mask,
+            ops::randn_philox_gives_the_cpu_numbers,
+            ops::sampling_steps,
+            ops::adam_and_lerp,
+            ops::global_norm_and_scale_by,
+            ops::writes_to_a_shared_device_buffer_copy_it_first,
+            ops::empty_tensors,
+            ops::mixed_devices_and_closures_are_errors,
+            ops::layouts_the_kernels_cannot_take_are_errors,
+            model::the_unet_pass_is_the_same_on_both_storages,
+            model::training_steps_are_the_same_on_both_storages,
+            model::ddim_with_guidance_samples_the_same,
+            model::ddpm_with_noise_samples_the_same,
         );
     };
-    (@each $device:expr; $($check:ident),* $(,)?) => {
+    (@each $device:expr; $($module:ident::$check:ident),* $(,)?) => {
         $(
             #[test]
             fn $check() {
                 let device: Option<ddpm_tensor::Device> = $device;
                 match device {
-                    Some(device) => $crate::parity::ops::$check(device),
+                    Some(device) => $crate::parity::$module::$check(device),
                     None => eprintln!("skipped: {}", stringify!($check)),
                 }
             }

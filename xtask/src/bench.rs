@@ -8,18 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use ddpm::data::{Images, Split};
-use ddpm::device::DeviceUNet;
-use ddpm::device_train::DeviceTrainer;
-use ddpm::{train_loss, Schedule, ScheduleKind, TrainConfig, Trainer};
+use ddpm::{train_loss, Schedule, ScheduleKind};
 use ddpm_autograd::{no_grad, Tensor, Var};
-use ddpm_cuda::{Executor, Gpu};
 use ddpm_nn::layers::Mode;
 use ddpm_nn::optim::{clip_grad_norm, Adam, AdamConfig};
 use ddpm_nn::{Module, Preset, UNet};
-use rand::{rngs::StdRng, Rng, SeedableRng};
+use ddpm_tensor::backend::synchronize;
+use rand::{rngs::StdRng, SeedableRng};
 
-use crate::device::{resolve, Device, DeviceArg, Work};
+use crate::device::{resolve, DeviceArg};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum Workload {
@@ -56,35 +53,32 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.classes != 0 && args.classes != 10 {
         bail!("--classes must be 0 or 10, not {}", args.classes);
     }
-    let work = match args.workload {
-        Workload::Train => Work::Either,
-        Workload::Sample => Work::Either,
-    };
-    let device = resolve(args.device, work)?;
+    let device = resolve(args.device)?;
     let mut rng = StdRng::seed_from_u64(0);
     let model = UNet::new(args.preset, args.classes, &mut rng);
+    model.to_device(device)?;
     let params: Vec<Var> = model.named_params().into_iter().map(|(_, p)| p).collect();
     let schedule = Schedule::new(ScheduleKind::Linear, 1000);
+    // The training batch is made on the host, as the trainer's; sampling's x
+    // stays on the device, as the sampler's.
     let x0 = Tensor::rand_uniform([args.batch, 1, 28, 28], -1.0, 1.0, &mut rng);
+    let x_device = Var::constant(x0.to(device)?);
     let labels: Vec<usize> = (0..args.batch).map(|i| i % 10).collect();
     let labels = (args.classes > 0).then_some(labels.as_slice());
     let mut adam = Adam::new(&params, AdamConfig::default())?;
 
     println!(
-        "bench {:?}: preset {} ({} parameters), batch {}, {} steps, device {device}, {} threads",
+        "bench {:?}: preset {} ({} parameters), batch {}, {} steps, device {}, {} threads",
         args.workload,
         args.preset,
         model.num_params(),
         args.batch,
         args.steps,
+        ddpm::device::describe(device),
         rayon::current_num_threads()
     );
-    if let Device::Cuda(gpu) = &device {
-        return match args.workload {
-            Workload::Train => bench_gpu_train(gpu, &args),
-            Workload::Sample => bench_gpu_forward(gpu, &model, &x0, labels, &args),
-        };
-    }
+    // Each phase is timed to its work's end: on a device the launches are
+    // asynchronous, so the clock stops only after `synchronize`.
     let mut phases = [Duration::ZERO; 3]; // forward, backward, optimiser
     let mut total = Duration::ZERO;
     for step in 0..args.steps + 2 {
@@ -93,16 +87,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         match args.workload {
             Workload::Train => {
                 let loss = train_loss(&model, &schedule, &x0, labels, &mut rng)?;
+                synchronize(device)?;
                 marks[0] = start.elapsed();
                 let mut grads = loss.backward()?;
+                synchronize(device)?;
                 marks[1] = start.elapsed() - marks[0];
                 clip_grad_norm(&params, &mut grads, 1.0)?;
                 adam.step(&params, &grads)?;
+                // What a training step reads back: its loss.
+                loss.value().item()?;
                 marks[2] = start.elapsed() - marks[0] - marks[1];
             }
             Workload::Sample => {
                 let t = vec![500; args.batch];
-                no_grad(|| model.forward(&Var::constant(x0.clone()), &t, labels, &mut Mode::Eval))?;
+                no_grad(|| model.forward(&x_device, &t, labels, &mut Mode::Eval))?;
+                synchronize(device)?;
                 marks[0] = start.elapsed();
             }
         }
@@ -124,53 +123,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!("| total     | {:>7.1} |", per_step(total));
     if let Some(table) = ddpm_autograd::profile::report(args.steps) {
-        println!("\nper op (DDPM_PROFILE=1; wall time on the calling thread):\n{table}");
+        let what = if device == ddpm_tensor::Device::Cpu { "wall time" } else { "launch time (asynchronous)" };
+        println!("\nper op (DDPM_PROFILE=1; {what} on the calling thread):\n{table}");
     }
     println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
-    Ok(())
-}
-
-/// The sampler's network evaluation on the GPU (`ddpm::device`): weights and
-/// input uploaded once, each step timed to completion.
-fn bench_gpu_forward(gpu: &Gpu, model: &UNet, x0: &Tensor, labels: Option<&[usize]>, args: &BenchArgs) -> Result<()> {
-    let device_model = DeviceUNet::upload(gpu, model)?;
-    let x = gpu.upload(x0.as_slice())?;
-    let t = vec![500; args.batch];
-    let mut total = Duration::ZERO;
-    for step in 0..args.steps + 2 {
-        let start = Instant::now();
-        let eps = device_model.forward(gpu, &x, args.batch, &t, labels)?;
-        gpu.synchronize()?;
-        drop(eps);
-        if step >= 2 {
-            total += start.elapsed();
-        }
-    }
-    println!("| forward   | {:>7.1} |", total.as_secs_f64() * 1e3 / args.steps as f64);
-    println!("images/s: {:.1}", (args.batch * args.steps) as f64 / total.as_secs_f64());
-    Ok(())
-}
-
-/// Whole training steps on the GPU (`ddpm::device_train`): one batch of
-/// random images, each step timed to its loss coming back.
-fn bench_gpu_train(gpu: &Gpu, args: &BenchArgs) -> Result<()> {
-    let n = args.batch;
-    let mut rng = StdRng::seed_from_u64(0);
-    let pixels: Vec<u8> = (0..n * 784).map(|_| rng.gen()).collect();
-    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let data = Split { images: Images { count: n, rows: 28, cols: 28, pixels }, labels };
-    let config = TrainConfig { batch: n, ..TrainConfig::new(args.preset, args.classes) };
-    let mut trainer = Trainer::new(config, n)?;
-    let mut device_trainer = DeviceTrainer::new(gpu, &trainer)?;
-    let mut total = Duration::ZERO;
-    for step in 0..args.steps + 2 {
-        let start = Instant::now();
-        trainer.train_step_on(gpu, &mut device_trainer, &data)?;
-        if step >= 2 {
-            total += start.elapsed();
-        }
-    }
-    println!("| total     | {:>7.1} |", total.as_secs_f64() * 1e3 / args.steps as f64);
-    println!("images/s: {:.1}", (n * args.steps) as f64 / total.as_secs_f64());
     Ok(())
 }

@@ -36,7 +36,7 @@ use ddpm::eval::{
 };
 use ddpm::sampler::Method;
 use ddpm_autograd::Tensor;
-use ddpm_nn::{Classifier, UNet};
+use ddpm_nn::{Classifier, Module, UNet};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -44,7 +44,6 @@ use serde_json::{json, Value};
 
 use crate::device::{resolve, DeviceArg};
 use crate::npy;
-use crate::sample::work_of;
 use crate::sample::{draw, grid_labels, load_model, SampleSettings, SamplerArg};
 
 #[derive(Args)]
@@ -117,7 +116,7 @@ impl Source {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let device = resolve(args.device, work_of(args.sampler))?;
+    let device = resolve(args.device)?;
     if args.train_limit == Some(0) || args.epochs == Some(0) {
         bail!("--train-limit and --epochs must be at least 1");
     }
@@ -139,6 +138,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
     // The judge, and the t10k statistics every set is compared with.
     let (classifier, classifier_meta) = classifier(&args, &train)?;
+    // The judge runs where the sampler does (it is trained on the host, once).
+    classifier.to_device(device)?;
     let (test_x, test_y) = test.batch(&(0..test.len()).collect::<Vec<_>>());
     let test_out = classify(&classifier, &test_x)?;
     let test_accuracy = test_out.accuracy(&test_y)?;
@@ -150,12 +151,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Source::Checkpoint { path, model, schedule, settings } => {
             let labels = grid_labels(model, n);
             eprintln!(
-                "sampling {n} images from {} ({} classes) with {} on {device}",
+                "sampling {n} images from {} ({} classes) with {} on {}",
                 path.display(),
                 model.num_classes,
-                settings.describe()
+                settings.describe(),
+                ddpm::device::describe(device)
             );
-            (draw(model, schedule, settings, n, labels.as_deref(), args.seed, true, &device)?, labels)
+            model.to_device(device)?;
+            (draw(model, schedule, settings, n, labels.as_deref(), args.seed, true)?, labels)
         }
         Source::File { images, labels, .. } => (images.clone(), labels.as_ref().map(|(_, l)| l.clone())),
     };

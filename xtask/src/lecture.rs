@@ -22,7 +22,6 @@ use ddpm::sampler::Method;
 use ddpm::{Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
 
-use crate::device::Device;
 use crate::picture;
 use crate::sample::{draw_from, grid_labels, initial_noise, load_model, SampleSettings};
 
@@ -250,6 +249,6 @@ fn draw_raw(
     seed: u64,
 ) -> Result<Tensor> {
     let mut frames = vec![];
-    draw_from(model, schedule, settings, x_t, labels, seed, true, Some(&mut frames), &Device::Cpu)?;
+    draw_from(model, schedule, settings, x_t, labels, seed, true, Some(&mut frames))?;
     Ok(frames.pop().expect("the chain ends with the last step"))
 }

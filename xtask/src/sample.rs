@@ -10,17 +10,17 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ddpm::device::{run_on_device, DeviceUNet};
 use ddpm::rng::{stream, Stream};
 use ddpm::sampler::{self, Conditioning, Method};
 use ddpm::{Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
 use ddpm_nn::checkpoint;
 use ddpm_nn::{Module, Preset, UNet};
+use ddpm_tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
-use crate::device::{resolve, Device, DeviceArg, Work};
+use crate::device::{resolve, DeviceArg};
 use crate::{npy, picture};
 
 /// The reverse process, as `--sampler` names it.
@@ -160,21 +160,12 @@ pub fn grid_labels(model: &UNet, n: usize) -> Option<Vec<usize>> {
 /// enough to stay in cache.
 const CHUNK: usize = 100;
 
-/// Where a sampler can run: the lecture's formula is kept on the CPU.
-pub fn work_of(sampler: SamplerArg) -> Work {
-    match sampler {
-        SamplerArg::Lecture => Work::CpuOnly("the lecture's formula runs on the CPU only"),
-        _ => Work::Either,
-    }
-}
-
 /// x_T for `n` images from `seed`.
 pub fn initial_noise(n: usize, seed: u64) -> Tensor {
     Tensor::randn([n, 1, 28, 28], &mut stream(seed, Stream::Sample, 0))
 }
 
 /// Samples `n` images from x_T drawn from `seed`; see [`draw_from`].
-#[allow(clippy::too_many_arguments)]
 pub fn draw(
     model: &UNet,
     schedule: &Schedule,
@@ -183,9 +174,8 @@ pub fn draw(
     labels: Option<&[usize]>,
     seed: u64,
     progress: bool,
-    device: &Device,
 ) -> Result<Tensor> {
-    draw_from(model, schedule, settings, &initial_noise(n, seed), labels, seed, progress, None, device)
+    draw_from(model, schedule, settings, &initial_noise(n, seed), labels, seed, progress, None)
 }
 
 /// The Philox stream of chunk `c`'s noise, from the run's seed.
@@ -193,12 +183,13 @@ fn chunk_noise(seed: u64, c: usize) -> u64 {
     stream(seed, Stream::Sample, c as u64 + 1).gen()
 }
 
-/// Runs the sampler from `x_t` in chunks of [`CHUNK`] images, clamps the
-/// result to [-1, 1]. The noise of chunk c comes from the Philox stream
-/// [`chunk_noise`], so the result depends only on the inputs and the seed.
-/// `frames`, if given, collects x_T and x after about 20 evenly spaced steps,
-/// as they are (the pictures clamp them for display); the last frame is the
-/// result before its clamp.
+/// Runs the sampler from `x_t` (on the host) in chunks of [`CHUNK`] images
+/// on the model's device, and returns the result clamped to [-1, 1], on the
+/// host. The noise of chunk c comes from the Philox stream [`chunk_noise`],
+/// so the result depends only on the inputs and the seed, whatever the
+/// device. `frames`, if given, collects x_T and x after about 20 evenly
+/// spaced steps, as they are (the pictures clamp them for display); the last
+/// frame is the result before its clamp.
 #[allow(clippy::too_many_arguments)]
 pub fn draw_from(
     model: &UNet,
@@ -209,14 +200,9 @@ pub fn draw_from(
     seed: u64,
     progress: bool,
     frames: Option<&mut Vec<Tensor>>,
-    device: &Device,
 ) -> Result<Tensor> {
     let n = x_t.dims()[0];
-    // On the GPU the weights go up once, for every chunk.
-    let on_gpu = match device {
-        Device::Cuda(gpu) => Some((gpu, DeviceUNet::upload(gpu, model)?)),
-        Device::Cpu => None,
-    };
+    let device = model.device();
     let steps = settings.method.num_steps(schedule);
     let chunks = n.div_ceil(CHUNK);
     let bar = if progress { ProgressBar::new((chunks * steps) as u64) } else { ProgressBar::hidden() };
@@ -229,46 +215,27 @@ pub fn draw_from(
     let mut chain: Vec<Vec<Tensor>> = vec![];
     for c in 0..chunks {
         let (start, len) = (c * CHUNK, CHUNK.min(n - c * CHUNK));
-        let x = x_t.narrow(0, start, len)?;
+        let x = x_t.narrow(0, start, len)?.to(device)?;
         let chunk_labels = labels.map(|l| &l[start..start + len]);
         let cond = Conditioning { labels: chunk_labels, guidance: settings.guidance };
         let noise = chunk_noise(seed, c);
-        let mut chunk_frames = vec![x.clone()];
+        let mut chunk_frames = vec![x_t.narrow(0, start, len)?];
         let wanted = |i: usize| frames.is_some() && ((i + 1).is_multiple_of(every) || i + 1 == steps);
-        let end = match &on_gpu {
-            None => sampler::run(model, schedule, &x, settings.method, cond, noise, &mut |i, _, x| {
-                bar.inc(1);
-                if wanted(i) {
-                    chunk_frames.push(x.clone());
+        // A frame is read back from the device only when it is wanted.
+        let mut failed = None;
+        let end = sampler::run(model, schedule, &x, settings.method, cond, noise, &mut |i, _, x| {
+            bar.inc(1);
+            if wanted(i) {
+                match x.to(Device::Cpu) {
+                    Ok(frame) => chunk_frames.push(frame),
+                    Err(e) => failed = Some(e),
                 }
-            })?,
-            Some((gpu, device_model)) => {
-                let mut failed = None;
-                let end = run_on_device(
-                    *gpu,
-                    device_model,
-                    schedule,
-                    &x,
-                    settings.method,
-                    cond,
-                    noise,
-                    &mut |i, _, fetch| {
-                        bar.inc(1);
-                        if wanted(i) {
-                            match fetch() {
-                                Ok(frame) => chunk_frames.push(frame),
-                                Err(e) => failed = Some(e),
-                            }
-                        }
-                    },
-                )?;
-                if let Some(e) = failed {
-                    return Err(e.into());
-                }
-                end
             }
-        };
-        outputs.push(end.clamp(-1.0, 1.0)?);
+        })?;
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        outputs.push(end.clamp(-1.0, 1.0)?.to(Device::Cpu)?);
         chain.push(chunk_frames);
     }
     bar.finish_and_clear();
@@ -303,7 +270,7 @@ pub fn load_model(path: &std::path::Path) -> Result<(UNet, Schedule)> {
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
-    let device = resolve(args.device, work_of(args.sampler))?;
+    let device = resolve(args.device)?;
     if args.n == Some(0) {
         bail!("--n must be at least 1");
     }
@@ -311,6 +278,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--cols must be at least 1");
     }
     let (model, schedule) = load_model(&args.checkpoint)?;
+    model.to_device(device)?;
     let settings = SampleSettings::from_flags(&model, &schedule, args.sampler, args.steps, args.eta, args.guidance)?;
     let (method, guidance) = (settings.method, settings.guidance);
 
@@ -367,12 +335,13 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
 
     eprintln!(
-        "sampling {n} images from {} ({} {} parameters, {} classes) with {} on {device}",
+        "sampling {n} images from {} ({} {} parameters, {} classes) with {} on {}",
         args.checkpoint.display(),
         model.preset,
         model.num_params(),
         model.num_classes,
-        settings.describe()
+        settings.describe(),
+        ddpm::device::describe(device)
     );
     let x_t = init.unwrap_or_else(|| initial_noise(n, args.seed));
     let want_chain = args.gif.is_some() || args.strip.is_some();
@@ -387,7 +356,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
         args.seed,
         true,
         want_chain.then_some(&mut frames),
-        &device,
     )?;
     let secs = started.elapsed().as_secs_f64();
     let evals = n * method.num_steps(&schedule) * if guidance != 0.0 { 2 } else { 1 };

@@ -22,14 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ddpm::data::{locate, Split, TRAIN_IMAGES, TRAIN_LABELS};
-use ddpm::device_train::DeviceTrainer;
 use ddpm::train::{StepStats, TrainConfig, Trainer};
 use ddpm::ScheduleKind;
 use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use crate::device::{resolve, Device, DeviceArg, Work};
+use crate::device::{resolve, DeviceArg};
 use crate::download::Dataset;
 use crate::picture;
 use crate::sample::{draw, grid_labels, SampleSettings};
@@ -130,7 +129,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     let config = if args.resume { resumed_config(&args, &state_path)? } else { fresh_config(&args) };
     config.validate()?;
-    let device = resolve(args.device, Work::Either)?;
+    let device = resolve(args.device)?;
 
     let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
     let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;
@@ -142,6 +141,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     } else {
         Trainer::new(config.clone(), data.len())?
     };
+    trainer.to_device(device)?;
     let mut log = Log::open(&out.join(LOG), trainer.step_count())?;
 
     let start_step = trainer.step_count();
@@ -152,7 +152,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "training {} ({} parameters, {} classes) on {} {} images from {}, batch {}, device {device}, into {}{}",
+        "training {} ({} parameters, {} classes) on {} {} images from {}, batch {}, device {}, into {}{}",
         config.preset,
         trainer.num_params(),
         config.classes,
@@ -160,34 +160,23 @@ pub fn run(args: TrainArgs) -> Result<()> {
         args.dataset.name(),
         data_dir.display(),
         config.batch,
+        ddpm::device::describe(device),
         out.display(),
         if args.resume { format!(", resuming at step {start_step}") } else { String::new() },
     );
     log.event(json!({"event": "start", "step": start_step, "config": format!("{config:?}"), "data": data_dir}))?;
 
-    // On the GPU the whole step runs there; the trainer gets the state back
-    // before each save.
-    let mut on_gpu = match &device {
-        Device::Cuda(gpu) => Some((gpu, DeviceTrainer::new(gpu, &trainer)?)),
-        Device::Cpu => None,
-    };
     let progress = Progress::new(target, start_step);
     let started = Instant::now();
     let mut speed = Speed::default();
     loop {
         let step_start = Instant::now();
-        let stats = match &mut on_gpu {
-            None => trainer.train_step(&data)?,
-            Some((gpu, device_trainer)) => trainer.train_step_on(*gpu, device_trainer, &data)?,
-        };
+        let stats = trainer.train_step(&data)?;
         speed.add(config.batch, step_start.elapsed());
         log.step(&stats, speed.images_per_s(), started.elapsed())?;
         progress.update(&stats, speed.images_per_s(), started.elapsed());
         let done = target.reached(stats.step, started.elapsed());
         if done || stats.step % args.save_every == 0 {
-            if let Some((gpu, device_trainer)) = &on_gpu {
-                trainer.set_state(device_trainer.state(*gpu, trainer.step_count())?)?;
-            }
             save(&trainer, &out, &mut log)?;
             if !done && progress.bar.is_hidden() {
                 eprintln!(
@@ -218,7 +207,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let settings = SampleSettings::default_for(&model);
     let labels = grid_labels(&model, args.grid);
     eprintln!("drawing {} samples ({}) for samples.png", args.grid, settings.describe());
-    let images = draw(&model, trainer.schedule(), &settings, args.grid, labels.as_deref(), config.seed, true, &device)?;
+    let images = draw(&model, trainer.schedule(), &settings, args.grid, labels.as_deref(), config.seed, true)?;
     let cols = if config.classes > 0 { config.classes } else { (args.grid as f64).sqrt().ceil() as usize };
     picture::grid_png(&out.join("samples.png"), images.as_slice(), args.grid, 28, 28, cols.max(1), 2)?;
     eprintln!(

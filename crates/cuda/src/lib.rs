@@ -10,9 +10,7 @@
 //! - [`pool`]: the caching allocator of a device's buffers;
 //! - [`KernelBackend`]: the tensor crate's `Backend` on those launches, so
 //!   that `ddpm_tensor::Tensor`s live and compute on the device; [`open`]
-//!   registers it for a GPU;
-//! - [`DeviceOps`]: the ops of the first GPU path (`crates/ddpm/src/device.rs`),
-//!   on the same launches, until that path moves onto tensors.
+//!   registers it for a GPU.
 //!
 //! Nothing here needs CUDA to build: cudarc loads libcuda and libnvrtc when
 //! first used, and every entry point reports their absence as an error.
@@ -22,7 +20,6 @@ mod error;
 mod exec;
 mod gpu;
 pub mod launch;
-mod legacy;
 pub mod nvrtc;
 pub mod ops;
 pub mod pool;
@@ -37,7 +34,6 @@ pub use backend::KernelBackend;
 pub use error::{CudaError, Result};
 pub use exec::{Arg, Executor};
 pub use gpu::{driver_present, Gpu};
-pub use legacy::{AdamStep, DeviceOps, MatmulShape, NormShape, Step, Update};
 pub use ops::conv2d::ConvKernel;
 
 /// Opens GPU `ordinal` and registers its backend, so that tensors can move

@@ -4,6 +4,7 @@
 //! - [`schedule`]: beta_t and everything derived from it, with the lecture's
 //!   a_t, b_t, abar_t, bbar_t as accessors.
 //! - [`data`]: MNIST-format IDX files, checked, and shuffled batches in [-1, 1].
+//! - [`device`]: where a job runs (the host, or a GPU when one can be used).
 //! - [`loss`]: the training objective: random t, closed-form x_t, MSE on the noise.
 //! - [`train`]: one training step (Adam with warm-up, clipping, EMA, label
 //!   dropout) and a resumable training state.
@@ -15,7 +16,6 @@
 
 pub mod data;
 pub mod device;
-pub mod device_train;
 pub mod eval;
 pub mod loss;
 pub mod rng;
@@ -25,4 +25,4 @@ pub mod train;
 
 pub use loss::train_loss;
 pub use schedule::{Schedule, ScheduleKind};
-pub use train::{StepInputs, TrainConfig, TrainState, Trainer};
+pub use train::{TrainConfig, Trainer};

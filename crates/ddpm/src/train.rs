@@ -26,7 +26,6 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use crate::data::{Batches, Split};
-use crate::loss::draw_t_and_noise;
 use crate::rng::{stream, Stream};
 use crate::{train_loss, Schedule, ScheduleKind};
 
@@ -231,6 +230,16 @@ impl Trainer {
         &self.named
     }
 
+    /// The optimiser, with its moments and step count.
+    pub fn adam(&self) -> &Adam {
+        &self.adam
+    }
+
+    /// The moving average of the weights (what `model.safetensors` holds).
+    pub fn ema(&self) -> &Ema {
+        &self.ema
+    }
+
     /// The learning rate of step `step` (0-based): a linear warm-up to `lr`.
     pub fn lr_at(&self, step: u64) -> f32 {
         let warm = if self.config.warmup == 0 { 1.0 } else { ((step + 1) as f64 / self.config.warmup as f64).min(1.0) };
@@ -252,17 +261,6 @@ impl Trainer {
             labels.into_iter().map(|y| if rng.gen::<f64>() < self.config.label_dropout { null } else { y }).collect()
         });
         Ok((x0, labels, rng))
-    }
-
-    /// Everything random the next step uses, as [`Trainer::train_step`]
-    /// draws it: the batch, its labels after dropout, t and e. A device
-    /// trainer takes these, so that both devices train on the same numbers.
-    pub fn step_inputs(&mut self, data: &Split) -> Result<StepInputs, TrainError> {
-        let (x0, labels, mut rng) = self.batch_and_labels(data)?;
-        let (t, eps) = draw_t_and_noise(&self.schedule, &x0, &mut rng);
-        // Then one seed per dropout layer, in the order the forward pass draws them.
-        let dropout_seeds = (0..self.model.dropout_layers()).map(|_| rng.gen()).collect();
-        Ok(StepInputs { x0, labels, t, eps, dropout_seeds })
     }
 
     /// One training step on `data`, which must be the data set of
@@ -418,71 +416,10 @@ impl Trainer {
         self.model.num_params()
     }
 
-    /// Counts a step done elsewhere (a device trainer).
-    pub(crate) fn advance(&mut self) {
-        self.step += 1;
-    }
-
     /// The epoch step `k` (0-based) belongs to.
     pub fn epoch_of(&self, k: u64) -> u64 {
         self.batches.epoch_of(k)
     }
-
-    /// The state a device trainer takes over: weights, EMA, Adam's moments
-    /// and counters, each list in the order of [`Trainer::named_params`].
-    pub fn state(&self) -> TrainState {
-        let (m, v) = self.adam.moments();
-        TrainState {
-            weights: self.params.iter().map(|p| p.value()).collect(),
-            ema: self.ema.shadow().to_vec(),
-            m: m.to_vec(),
-            v: v.to_vec(),
-            step: self.step,
-            adam_steps: self.adam.step_count(),
-            ema_updates: self.ema.num_updates(),
-        }
-    }
-
-    /// Takes back a state from a device trainer (before saving it, or to
-    /// continue on the CPU). Shapes are checked; nothing changes on error.
-    pub fn set_state(&mut self, state: TrainState) -> Result<(), TrainError> {
-        let values: Vec<Tensor> = self.params.iter().map(|p| p.value()).collect();
-        for (i, (w, p)) in state.weights.iter().zip(&values).enumerate() {
-            if w.shape() != p.shape() || state.weights.len() != values.len() {
-                return Err(TrainError::Config(format!("state tensor {i} does not fit the model")));
-            }
-        }
-        self.ema.restore(state.ema, state.ema_updates)?;
-        self.adam.restore(state.adam_steps, state.m, state.v)?;
-        for (p, w) in self.params.iter().zip(state.weights) {
-            p.set_value(w);
-        }
-        self.step = state.step;
-        Ok(())
-    }
-}
-
-/// The random inputs of one training step (see [`Trainer::step_inputs`]).
-#[derive(Debug, Clone)]
-pub struct StepInputs {
-    pub x0: Tensor,
-    pub labels: Option<Vec<usize>>,
-    pub t: Vec<usize>,
-    pub eps: Tensor,
-    /// The seeds of the dropout masks, one per ResBlock with dropout.
-    pub dropout_seeds: Vec<u64>,
-}
-
-/// A training run's state in memory (see [`Trainer::state`]).
-#[derive(Debug, Clone)]
-pub struct TrainState {
-    pub weights: Vec<Tensor>,
-    pub ema: Vec<Tensor>,
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
-    pub step: u64,
-    pub adam_steps: u64,
-    pub ema_updates: u64,
 }
 
 /// The configuration in a training state's metadata.

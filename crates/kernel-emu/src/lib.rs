@@ -1,8 +1,10 @@
 //! The CUDA kernels of `kernels/*.cu`, compiled as C++ for the CPU with
 //! `kernels/emu/cuda_emu.h`, and a launcher: a test harness that checks the
 //! kernels' logic (indexing, tiling, shared memory, barriers) on machines
-//! without a GPU. The tests in `tests/` compare each kernel with the CPU
-//! reference of the tensor crate.
+//! without a GPU. [`device`] opens it as a device for tensors
+//! (`Device::Emulated`): the workspace's tests/emulated.rs runs every op and
+//! the whole U-Net there against the host; the tests in `tests/` here check
+//! what the tensor ops do not reach.
 //!
 //! The declarations below repeat the kernels' C signatures; the launch
 //! geometry comes from `ddpm_cuda::launch`, the same as on the GPU.
@@ -273,8 +275,9 @@ pub fn launch<F: Fn() + Sync>(at: Launch, thread: F) {
 
 /// The emulated device: buffers are host vectors, and a launch runs the
 /// kernel's C++ build in [`launch`]. It implements the same [`Executor`] as
-/// the GPU, so `ddpm_cuda::KernelBackend` (see [`device`]) and
-/// `ddpm_cuda::DeviceOps` run in the tests through the very code the GPU runs.
+/// the GPU, so `ddpm_cuda::KernelBackend` (see [`device`]), and every tensor
+/// op on `Device::Emulated`, run in the tests through the very code the GPU
+/// runs.
 pub struct Emu;
 
 /// An argument reduced to what the C call needs.

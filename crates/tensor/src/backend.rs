@@ -369,7 +369,7 @@ pub fn backend_of(device: Device) -> Result<Arc<dyn Backend>> {
     }
     let all = BACKENDS.read().unwrap_or_else(|e| e.into_inner());
     all.iter().find(|b| b.device() == device).cloned().ok_or_else(|| {
-        TensorError::invalid("to", format!("{device} has not been opened (no backend is registered for it)"))
+        TensorError::invalid("device", format!("{device} has not been opened (no backend is registered for it)"))
     })
 }
 

@@ -167,15 +167,6 @@ impl UNet {
     }
 }
 
-impl UNet {
-    /// How many dropout layers a training forward pass runs (one per
-    /// ResBlock when the preset has dropout): each draws one seed.
-    pub fn dropout_layers(&self) -> usize {
-        let res = |blocks: &[Block]| blocks.iter().filter(|b| matches!(b, Block::Res(r) if r.dropout > 0.0)).count();
-        res(&self.down) + res(&self.up) + [&self.mid.0, &self.mid.2].iter().filter(|r| r.dropout > 0.0).count()
-    }
-}
-
 impl Module for UNet {
     fn visit_params(&self, prefix: &str, out: &mut NamedParams) {
         self.time_mlp.0.visit_params(&format!("{prefix}time_mlp.0."), out);
