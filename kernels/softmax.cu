@@ -1,29 +1,21 @@
 // softmax.cu: softmax and log-softmax over each row of a [rows, cols]
 // matrix (attention's weights; a classifier's log-probabilities), and their
 // gradients; out of place. One block of 256 threads per row
-// (launch::per_row(rows)). block_sum comes from reduce.cuh, compiled in
-// front of this file. The formulas are ops/softmax.rs's:
+// (launch::per_row(rows)). block_reduce and block_sum come from reduce.cuh,
+// compiled in front of this file. The formulas are ops/softmax.rs's:
 //   softmax      y_i = exp(x_i - m) / sum_j exp(x_j - m),  m = max_j x_j
 //   log-softmax  y_i = x_i - m - log sum_j exp(x_j - m)
 //   gradients    softmax: dx = y (g - sum_j g_j y_j);  log-softmax: dx = g - exp(y) sum_j g_j
 
-static __device__ __forceinline__ float block_max(float v) {
-    __shared__ float buf[BLOCK];
-    __syncthreads();
-    buf[threadIdx.x] = v;
-    __syncthreads();
-    for (int half = BLOCK / 2; half > 0; half /= 2) {
-        if ((int)threadIdx.x < half) buf[threadIdx.x] = fmaxf(buf[threadIdx.x], buf[threadIdx.x + half]);
-        __syncthreads();
-    }
-    return buf[0];
-}
+struct Max {
+    __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
 
 // The largest value of a row of `cols`, to every thread of the block.
 static __device__ __forceinline__ float row_max(const float* xr, int cols) {
     float m = -3.402823466e38f;  // the lowest float: no header defines INFINITY under NVRTC
     for (int j = threadIdx.x; j < cols; j += BLOCK) m = fmaxf(m, xr[j]);
-    return block_max(m);
+    return block_reduce(m, Max());
 }
 
 // sum_j exp(x_j - m) over a row, to every thread of the block.
