@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu-out}"
 mkdir -p "$OUT"
-# NVRTC from the machine's PyTorch environment (CUDA.md).
+# NVRTC from the machine's PyTorch environment (its nvidia-cuda-nvrtc package).
 NV="$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)"
 LIB="$(dirname "$(find "$NV" /usr/local/cuda* -name 'libnvrtc.so.13*' 2>/dev/null | head -1)" 2>/dev/null || true)"
 export LD_LIBRARY_PATH="${LIB}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

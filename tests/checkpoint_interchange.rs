@@ -56,8 +56,8 @@ fn a_checkpoint_of_the_wrong_preset_is_refused_by_name() {
 
 #[test]
 fn a_rust_checkpoint_loads_in_pytorch() {
-    let dir = std::env::temp_dir().join(format!("ddpm-interchange-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new().prefix("ddpm-interchange-").tempdir().unwrap();
+    let dir = tmp.path();
     let (model_path, expect_path) = (dir.join("model.safetensors"), dir.join("expect.safetensors"));
 
     let mut rng = StdRng::seed_from_u64(3);

@@ -421,10 +421,10 @@ pub fn sampling_steps(device: Device) {
     let (eps, eps2) = (randn(&[3, 97], 801), randn(&[6, 97], 802));
     let (xd, ed, e2d) = (on(device, &x), on(device, &eps), on(device, &eps2));
     let updates = [
-        Update::Ddpm { eps_coef: 0.3, sqrt_a: 0.99, sigma: 0.1 },
-        Update::Ddpm { eps_coef: 0.02, sqrt_a: 0.999, sigma: 0.0 }, // DDPM's last step: no noise
-        Update::Ddim { ab: 0.5, ab_prev: 0.7, sigma: 0.05, dir: 0.4 },
-        Update::Ddim { ab: 0.9, ab_prev: 0.95, sigma: 0.0, dir: 0.2 }, // eta 0: no noise
+        Update::Ddpm { eps_coef: 0.3, a: 0.99, sigma: 0.1 },
+        Update::Ddpm { eps_coef: 0.02, a: 0.999, sigma: 0.0 }, // DDPM's last step: no noise
+        Update::Ddim { alphabar: 0.5, alphabar_prev: 0.7, sigma: 0.05, dir: 0.4 },
+        Update::Ddim { alphabar: 0.9, alphabar_prev: 0.95, sigma: 0.0, dir: 0.2 }, // eta 0: no noise
     ];
     for update in updates {
         for guidance in [None, Some(1.5)] {

@@ -18,7 +18,7 @@
 //! - **One clear line when it fails**, naming the file and what each mirror
 //!   did; when no mirror could be reached at all it says how to do without
 //!   the network (`--data-dir DIR` or `$DDPM_DATA`, the lookup order of
-//!   DESIGN.md).
+//!   `ddpm::data::locate`).
 //! - **A final read-back**: the files are parsed with the same reader training
 //!   uses (`ddpm::data::read_images` / `read_labels`) and their counts printed.
 //!

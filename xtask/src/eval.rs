@@ -1,4 +1,4 @@
-//! `cargo xtask eval`: how good are the generated digits? (DESIGN.md, "Quality")
+//! `cargo xtask eval`: how good are the generated digits? (the README's "Sample quality")
 //!
 //! The images come from a checkpoint (`--checkpoint`: sampled here, with the
 //! samplers and defaults of `cargo xtask sample`; a conditional model is asked
@@ -35,8 +35,10 @@ use ddpm::eval::{
     classify, load_classifier, save_classifier, score, train_classifier, ClassifierConfig, Gaussian, Score,
 };
 use ddpm::sampler::Method;
+use ddpm::{Pipeline, Sampling};
 use ddpm_autograd::Tensor;
-use ddpm_nn::{Classifier, Module, UNet};
+use ddpm_nn::{Classifier, Module};
+use ddpm_tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -44,7 +46,7 @@ use serde_json::{json, Value};
 
 use crate::device::{resolve, DeviceArg};
 use crate::npy;
-use crate::sample::{draw, grid_labels, load_model, SampleSettings, SamplerArg};
+use crate::sample::{sample_with_bar, sampling_from_flags, SamplerArg};
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("source").required(true).args(["checkpoint", "samples"])))]
@@ -102,7 +104,7 @@ pub struct EvalArgs {
 
 /// Where the images to judge come from, checked before any work is done.
 enum Source {
-    Checkpoint { path: PathBuf, model: Box<UNet>, schedule: ddpm::Schedule, settings: SampleSettings },
+    Checkpoint { path: PathBuf, pipeline: Box<Pipeline>, settings: Sampling },
     File { path: PathBuf, images: Tensor, labels: Option<(PathBuf, Vec<usize>)> },
 }
 
@@ -120,7 +122,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.train_limit == Some(0) || args.epochs == Some(0) {
         bail!("--train-limit and --epochs must be at least 1");
     }
-    let source = open_source(&args)?;
+    let source = open_source(&args, device)?;
     let n = source.len(args.n);
     let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
     let data_dir = locate("mnist", args.data_dir.as_deref(), env.as_deref())?;
@@ -148,8 +150,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // The samples and what they were asked to be.
     let started = Instant::now();
     let (images, asked) = match &source {
-        Source::Checkpoint { path, model, schedule, settings } => {
-            let labels = grid_labels(model, n);
+        Source::Checkpoint { path, pipeline, settings } => {
+            let model = pipeline.model();
+            let labels = pipeline.grid_labels(n);
             eprintln!(
                 "sampling {n} images from {} ({} classes) with {} on {}",
                 path.display(),
@@ -157,8 +160,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
                 settings.describe(),
                 ddpm::device::describe(device)
             );
-            model.to_device(device)?;
-            (draw(model, schedule, settings, n, labels.as_deref(), args.seed, true)?, labels)
+            let sampling = Sampling { n, labels: labels.clone(), seed: args.seed, ..settings.clone() };
+            (sample_with_bar(pipeline, &sampling, true)?.images, labels)
         }
         Source::File { images, labels, .. } => (images.clone(), labels.as_ref().map(|(_, l)| l.clone())),
     };
@@ -218,7 +221,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
 /// Reads --samples (and --labels) or loads --checkpoint and checks the
 /// sampling flags against it: every bad input is refused before any work.
-fn open_source(args: &EvalArgs) -> Result<Source> {
+fn open_source(args: &EvalArgs, device: Device) -> Result<Source> {
     if let Some(path) = &args.samples {
         let (shape, data) = npy::read_f32(path)?;
         if shape.len() != 4 || shape[1..] != [1, 28, 28] || shape[0] < 2 {
@@ -254,9 +257,9 @@ fn open_source(args: &EvalArgs) -> Result<Source> {
     if args.n < 2 {
         bail!("--n must be at least 2 (a covariance needs two images)");
     }
-    let (model, schedule) = load_model(&path)?;
-    let settings = SampleSettings::from_flags(&model, &schedule, args.sampler, args.steps, args.eta, args.guidance)?;
-    Ok(Source::Checkpoint { path, model: Box::new(model), schedule, settings })
+    let pipeline = Pipeline::from_checkpoint(&path, device)?;
+    let settings = sampling_from_flags(&pipeline, args.sampler, args.steps, args.eta, args.guidance)?;
+    Ok(Source::Checkpoint { path, pipeline: Box::new(pipeline), settings })
 }
 
 /// `<stem>.eval.json` beside --samples; `eval-<sampler>-n<N>.json` beside
@@ -274,6 +277,7 @@ fn default_json_path(args: &EvalArgs, source: &Source) -> PathBuf {
                 Method::Ddim { steps, eta: 0.0 } => format!("ddim{steps}"),
                 Method::Ddim { steps, eta } => format!("ddim{steps}-eta{eta}"),
                 Method::Lecture => "lecture".to_string(),
+                Method::LectureJump => "lecture-jump".to_string(),
             };
             if settings.guidance != 0.0 {
                 tag += &format!("-g{}", settings.guidance);

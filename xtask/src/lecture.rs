@@ -19,11 +19,12 @@ use clap::Args;
 use ddpm::data::{locate, Split, TEST_IMAGES, TEST_LABELS};
 use ddpm::rng::{stream, Stream};
 use ddpm::sampler::Method;
-use ddpm::{Schedule, ScheduleKind};
+use ddpm::{Pipeline, Sampling, Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
+use ddpm_tensor::Device;
 
 use crate::picture;
-use crate::sample::{draw_from, grid_labels, initial_noise, load_model, SampleSettings};
+use crate::sample::sample_with_bar;
 
 #[derive(Args)]
 pub struct LectureArgs {
@@ -79,8 +80,8 @@ fn section_1(schedule: &Schedule, x0: &Tensor, label: usize, out: &Path, seed: u
     println!("\n{:>5} {:>9} {:>9} {:>9} {:>9}", "t", "a_t", "b_t", "abar_t", "bbar_t");
     let ts: Vec<usize> = (0..10).map(|i| i * 100).chain([999]).collect();
     for &t in &ts {
-        let (a, b, ab, bb) = (schedule.a(t), schedule.b(t), schedule.abar(t), schedule.bbar(t));
-        println!("{t:>5} {a:>9.5} {b:>9.5} {ab:>9.5} {bb:>9.5}");
+        let (a, b, abar, bbar) = (schedule.a(t), schedule.b(t), schedule.abar(t), schedule.bbar(t));
+        println!("{t:>5} {a:>9.5} {b:>9.5} {abar:>9.5} {bbar:>9.5}");
     }
     let e = Tensor::randn(x0.shape().clone(), &mut stream(seed, Stream::Sample, 0));
     let mut frames = vec![];
@@ -135,18 +136,18 @@ fn section_2(schedule: &Schedule, x0: &Tensor, draws: usize, seed: u64) {
     );
     let n = draws as f64;
     for (c, &t) in checkpoints.iter().enumerate() {
-        let (ab, bb) = (schedule.abar(t), schedule.bbar(t));
+        let (abar, bbar) = (schedule.abar(t), schedule.bbar(t));
         let (mut var, mut mean_err) = ([0.0f64; 2], [0.0f64; 2]);
         for p in 0..n_pix {
             for (k, s) in sums[c * n_pix + p].iter().enumerate() {
                 let mean = s[0] / n;
                 var[k] += (s[1] / n - mean * mean) * n / (n - 1.0) / n_pix as f64;
-                mean_err[k] = f64::max(mean_err[k], (mean - ab * x0[p]).abs());
+                mean_err[k] = f64::max(mean_err[k], (mean - abar * x0[p]).abs());
             }
         }
         println!(
             "{t:>5} | {:>8.5} {:>11.5} {:>11.5} | {:>17.5} {:>17.5}",
-            bb * bb,
+            bbar * bbar,
             var[0],
             var[1],
             mean_err[0],
@@ -182,8 +183,8 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
     let schedule = Schedule::new(ScheduleKind::Linear, 1000);
     println!("\n{:>5} {:>12} {:>16}   (how much of e each formula removes)", "t", "b_t", "b_t^2 / bbar_t");
     for t in [999, 500, 100, 10, 0] {
-        let (b, bb) = (schedule.b(t), schedule.bbar(t));
-        println!("{t:>5} {b:>12.5} {:>16.5}", b * b / bb);
+        let (b, bbar) = (schedule.b(t), schedule.bbar(t));
+        println!("{t:>5} {b:>12.5} {:>16.5}", b * b / bbar);
     }
     if !checkpoint.exists() {
         println!(
@@ -192,10 +193,8 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
         );
         return Ok(());
     }
-    let (model, schedule) = load_model(checkpoint)?;
+    let pipeline = Pipeline::from_checkpoint(checkpoint, Device::Cpu)?;
     let n = 20;
-    let labels = grid_labels(&model, n);
-    let x_t = initial_noise(n, seed);
     // Real digits laid out the same way: the first two test images of each digit.
     let mut pairs: Vec<Vec<usize>> = vec![vec![]; 10];
     for (i, &y) in test.labels.iter().enumerate() {
@@ -206,8 +205,9 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
     let order: Vec<usize> = (0..2).flat_map(|k| pairs.iter().map(move |p| p[k])).collect();
     let mut results = vec![("real test digits", test.batch(&order).0, out.join("real.png"))];
     for (method, name) in [(Method::Lecture, "lecture_formula.png"), (Method::Ddpm, "ddpm.png")] {
-        let settings = SampleSettings { method, guidance: 0.0 };
-        let raw = draw_raw(&model, &schedule, &settings, &x_t, labels.as_deref(), seed)?;
+        // The same x_T for both (from the seed); digit i % 10 for image i.
+        let sampling = Sampling { method, guidance: 0.0, seed, keep_frames: true, ..pipeline.sampling(n) };
+        let raw = draw_raw(&pipeline, &sampling)?;
         let path = out.join(name);
         let shown = raw.clamp(-1.0, 1.0)?;
         picture::grid_png(&path, shown.as_slice(), n, 28, 28, 10, 3)?;
@@ -236,19 +236,56 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
          x_T, and most columns are not the digit asked for. The DDPM step removes the right amount and adds b_t z,\n\
          keeping x_t at the noise level bbar_t the network was trained on, down to a clean, varied digit at t = 0."
     );
+    second_loop(&pipeline, out, n, seed)?;
     Ok(())
 }
 
-/// Samples without the final clamp, to measure how far a sampler strays.
-fn draw_raw(
-    model: &ddpm_nn::UNet,
-    schedule: &Schedule,
-    settings: &SampleSettings,
-    x_t: &Tensor,
-    labels: Option<&[usize]>,
-    seed: u64,
-) -> Result<Tensor> {
-    let mut frames = vec![];
-    draw_from(model, schedule, settings, x_t, labels, seed, true, Some(&mut frames))?;
+/// Samples without the final clamp, to measure how far a sampler strays:
+/// the chain's last frame.
+fn draw_raw(pipeline: &Pipeline, sampling: &Sampling) -> Result<Tensor> {
+    let mut frames = sample_with_bar(pipeline, sampling, true)?.frames;
     Ok(frames.pop().expect("the chain ends with the last step"))
+}
+
+/// The end of section 4: the lecture's second loop, x = (x - bbar_t f(x, t))
+/// / abar_t with t running up from the first step to T, from the same x_T:
+/// x, frame by frame, until it overflows (`lecture_jump.png`, the chain of
+/// the first ten images while it is finite).
+fn second_loop(pipeline: &Pipeline, out: &Path, n: usize, seed: u64) -> Result<()> {
+    println!(
+        "\nthe lecture's second loop:  x = (1 / abar_t) (x - bbar_t f(x, t)),  t = 0, 1, ..., T-1, from the same x_T:\n"
+    );
+    let sampling =
+        Sampling { method: Method::LectureJump, guidance: 0.0, seed, keep_frames: true, ..pipeline.sampling(n) };
+    let frames = sample_with_bar(pipeline, &sampling, true)?.frames;
+    // Frame 0 is x_T; frame k > 0 is x after the step at t = k * every - 1.
+    let every = pipeline.schedule().timesteps().div_ceil(frames.len() - 1);
+    println!("{:>9} {:>12} {:>12}", "after t", "mean", "max |x|");
+    let mut shown = vec![];
+    for (k, frame) in frames.iter().enumerate() {
+        let v = frame.as_slice();
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+        let max = v.iter().fold(0f32, |m, x| if x.is_finite() { m.max(x.abs()) } else { f32::INFINITY });
+        let at = if k == 0 { "x_T".to_string() } else { (k * every - 1).to_string() };
+        println!("{at:>9} {mean:>12.4e} {max:>12.4e}");
+        if !max.is_finite() {
+            println!("{:>9} (x has overflowed f32: infinities, then NaN)", "");
+            break;
+        }
+        shown.push(frame.narrow(0, 0, 10)?.clamp(-1.0, 1.0)?.to_vec());
+    }
+    let path = out.join("lecture_jump.png");
+    picture::strip_png(&path, &shown, 10, 28, 28, 2)?;
+    println!(
+        "\nwhy it fails: each step is the network's estimate of x_0 from x taken as x_t, in one jump (the closed form\n\
+         x_t = abar_t x_0 + bbar_t e turned round), and it hands that estimate on as if it were x at the next, noisier\n\
+         t. For the first steps t is small: the network is told x is nearly clean and removes a little of its noise\n\
+         each time, and after about 50 steps x shows thin strokes (not the digits asked for). But t keeps rising\n\
+         while x gets cleaner, the opposite of what the network saw in training: it finds noise of size bbar_t in an\n\
+         image that has almost none, the loop subtracts it and divides by abar_t < 1, and x sinks below the\n\
+         background (-1) and on; the network's answer grows with an input so far out of its range, so x is\n\
+         multiplied up step after step until it overflows. The chain is in {}.",
+        path.display()
+    );
+    Ok(())
 }

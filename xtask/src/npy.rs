@@ -18,10 +18,8 @@
 //! the Python literal syntax NumPy produces (single or double quoted strings, `True`/`False`,
 //! tuples of integers including `(5,)` and `()`, trailing commas), not arbitrary Python.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -68,34 +66,10 @@ pub fn read_labels(path: &Path) -> Result<Vec<usize>> {
     decode_labels(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` so that `path` either keeps its old contents or gets all of the new
-/// ones: temporary file in the same directory (so the rename stays on one file system), `fsync`,
-/// then rename. The temporary file is removed if anything fails.
-///
-/// Shared with `picture.rs`, which encodes its images in memory and hands them over here.
+/// `ddpm_nn::fs::write_atomically` (the one atomic write of the project), its error naming the
+/// file. Shared with `picture.rs`, which encodes its images in memory and hands them over here.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path.file_name().ok_or_else(|| anyhow!("{}: not a file path", path.display()))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let unique =
-        format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-    let tmp = dir.join(unique);
-    let result = (|| -> std::io::Result<()> {
-        let mut file: File = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        // Best effort: the error worth reporting is the one above, not a failed clean-up.
-        let _ = fs::remove_file(&tmp);
-        return Err(anyhow!("{}: cannot write: {e}", path.display()));
-    }
-    Ok(())
+    ddpm_nn::fs::write_atomically(path, bytes).map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
 }
 
 // ---------------------------------------------------------------------------------------------

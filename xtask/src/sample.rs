@@ -10,15 +10,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use ddpm::rng::{stream, Stream};
-use ddpm::sampler::{self, Conditioning, Method};
-use ddpm::{Schedule, ScheduleKind};
+use ddpm::sampler::Method;
+use ddpm::{Pipeline, Samples, Sampling};
 use ddpm_autograd::Tensor;
-use ddpm_nn::checkpoint;
-use ddpm_nn::{Module, Preset, UNet};
-use ddpm_tensor::Device;
+use ddpm_nn::Module;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::Rng;
 
 use crate::device::{resolve, DeviceArg};
 use crate::{npy, picture};
@@ -32,6 +28,8 @@ pub enum SamplerArg {
     Ddim,
     /// the lecture's literal x_{t-1} = (x_t - b_t e) / a_t, all T steps (it fails: see docs/lecture.md)
     Lecture,
+    /// the lecture's second loop, x = (x - bbar_t e) / abar_t for t from 1 up to T (it fails too)
+    LectureJump,
 }
 
 #[derive(Args)]
@@ -84,189 +82,57 @@ pub struct SampleArgs {
     cols: Option<usize>,
 }
 
-/// Guidance when none is asked for: mild, for conditional models. It makes the
-/// asked-for digit clearer without the saturated strokes of large w.
-pub const DEFAULT_GUIDANCE: f32 = 1.0;
-
-/// How to sample.
-#[derive(Debug, Clone, Copy)]
-pub struct SampleSettings {
-    pub method: Method,
-    pub guidance: f32,
-}
-
-impl SampleSettings {
-    /// DDIM with 50 steps, eta 0, and default guidance for a conditional model.
-    pub fn default_for(model: &UNet) -> SampleSettings {
-        let guidance = if model.num_classes > 0 { DEFAULT_GUIDANCE } else { 0.0 };
-        SampleSettings { method: Method::Ddim { steps: 50, eta: 0.0 }, guidance }
+/// The sampler the flags ask for, checked against the pipeline's model
+/// with messages that name the flags (the pipeline checks again, by field):
+/// eta >= 0, DDIM steps in 1 ..= T, guidance finite and only for a
+/// conditional model (which gets the default guidance when none is given).
+/// `n` and the labels are filled in by the caller.
+pub fn sampling_from_flags(
+    pipeline: &Pipeline,
+    sampler: SamplerArg,
+    steps: usize,
+    eta: f64,
+    guidance: Option<f32>,
+) -> Result<Sampling> {
+    if !(eta >= 0.0 && eta.is_finite()) {
+        bail!("--eta must be a number >= 0, not {eta}");
     }
-
-    /// The settings `--sampler`, `--steps`, `--eta` and `--guidance` ask for,
-    /// checked against the model: eta >= 0, DDIM steps in 1 ..= T, guidance
-    /// finite and only for a conditional model (which gets [`DEFAULT_GUIDANCE`]
-    /// when none is given).
-    pub fn from_flags(
-        model: &UNet,
-        schedule: &Schedule,
-        sampler: SamplerArg,
-        steps: usize,
-        eta: f64,
-        guidance: Option<f32>,
-    ) -> Result<SampleSettings> {
-        if !(eta >= 0.0 && eta.is_finite()) {
-            bail!("--eta must be a number >= 0, not {eta}");
-        }
-        if steps == 0 || steps > schedule.timesteps() {
-            bail!("--steps must be 1 ..= {} (T), not {steps}", schedule.timesteps());
-        }
-        let method = match sampler {
-            SamplerArg::Ddpm => Method::Ddpm,
-            SamplerArg::Ddim => Method::Ddim { steps, eta },
-            SamplerArg::Lecture => Method::Lecture,
-        };
-        let conditional = model.num_classes > 0;
-        let guidance = guidance.unwrap_or(if conditional { DEFAULT_GUIDANCE } else { 0.0 });
-        if !guidance.is_finite() {
-            bail!("--guidance must be a number, not {guidance}");
-        }
-        if guidance != 0.0 && !conditional {
-            bail!("--guidance needs a conditional model (trained with --classes 10)");
-        }
-        Ok(SampleSettings { method, guidance })
+    let t = pipeline.schedule().timesteps();
+    if steps == 0 || steps > t {
+        bail!("--steps must be 1 ..= {t} (T), not {steps}");
     }
-
-    pub fn describe(&self) -> String {
-        let method = match self.method {
-            Method::Ddpm => "DDPM, all T steps".to_string(),
-            Method::Ddim { steps, eta } => format!("DDIM, {steps} steps, eta {eta}"),
-            Method::Lecture => "the lecture's formula, all T steps".to_string(),
-        };
-        if self.guidance != 0.0 {
-            format!("{method}, guidance {}", self.guidance)
-        } else {
-            method
-        }
+    let method = match sampler {
+        SamplerArg::Ddpm => Method::Ddpm,
+        SamplerArg::Ddim => Method::Ddim { steps, eta },
+        SamplerArg::Lecture => Method::Lecture,
+        SamplerArg::LectureJump => Method::LectureJump,
+    };
+    let defaults = pipeline.sampling(1);
+    let conditional = pipeline.model().num_classes > 0;
+    let guidance = guidance.unwrap_or(defaults.guidance);
+    if !guidance.is_finite() {
+        bail!("--guidance must be a number, not {guidance}");
     }
+    if guidance != 0.0 && !conditional {
+        bail!("--guidance needs a conditional model (trained with --classes 10)");
+    }
+    Ok(Sampling { method, guidance, ..defaults })
 }
 
-/// Labels for a grid of `n` with 10 columns: image i asks for digit i mod 10,
-/// so column d holds digit d. `None` for an unconditional model.
-pub fn grid_labels(model: &UNet, n: usize) -> Option<Vec<usize>> {
-    (model.num_classes > 0).then(|| (0..n).map(|i| i % model.num_classes).collect())
-}
-
-/// Images sampled per network call: enough to keep both cores busy, few
-/// enough to stay in cache.
-const CHUNK: usize = 100;
-
-/// x_T for `n` images from `seed`.
-pub fn initial_noise(n: usize, seed: u64) -> Tensor {
-    Tensor::randn([n, 1, 28, 28], &mut stream(seed, Stream::Sample, 0))
-}
-
-/// Samples `n` images from x_T drawn from `seed`; see [`draw_from`].
-pub fn draw(
-    model: &UNet,
-    schedule: &Schedule,
-    settings: &SampleSettings,
-    n: usize,
-    labels: Option<&[usize]>,
-    seed: u64,
-    progress: bool,
-) -> Result<Tensor> {
-    draw_from(model, schedule, settings, &initial_noise(n, seed), labels, seed, progress, None)
-}
-
-/// The Philox stream of chunk `c`'s noise, from the run's seed.
-fn chunk_noise(seed: u64, c: usize) -> u64 {
-    stream(seed, Stream::Sample, c as u64 + 1).gen()
-}
-
-/// Runs the sampler from `x_t` (on the host) in chunks of [`CHUNK`] images
-/// on the model's device, and returns the result clamped to [-1, 1], on the
-/// host. The noise of chunk c comes from the Philox stream [`chunk_noise`],
-/// so the result depends only on the inputs and the seed, whatever the
-/// device. `frames`, if given, collects x_T and x after about 20 evenly
-/// spaced steps, as they are (the pictures clamp them for display); the last
-/// frame is the result before its clamp.
-#[allow(clippy::too_many_arguments)]
-pub fn draw_from(
-    model: &UNet,
-    schedule: &Schedule,
-    settings: &SampleSettings,
-    x_t: &Tensor,
-    labels: Option<&[usize]>,
-    seed: u64,
-    progress: bool,
-    frames: Option<&mut Vec<Tensor>>,
-) -> Result<Tensor> {
-    let n = x_t.dims()[0];
-    let device = model.device();
-    let steps = settings.method.num_steps(schedule);
-    let chunks = n.div_ceil(CHUNK);
-    let bar = if progress { ProgressBar::new((chunks * steps) as u64) } else { ProgressBar::hidden() };
+/// Samples with a progress bar of denoising steps (hidden when `progress`
+/// is false).
+pub fn sample_with_bar(pipeline: &Pipeline, sampling: &Sampling, progress: bool) -> Result<Samples> {
+    let bar = if progress { ProgressBar::new(0) } else { ProgressBar::hidden() };
     bar.set_style(
         ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} denoising steps [{elapsed} < {eta}] {msg}")
             .expect("a valid template"),
     );
-    let every = steps.div_ceil(20).max(1);
-    let mut outputs = vec![];
-    let mut chain: Vec<Vec<Tensor>> = vec![];
-    for c in 0..chunks {
-        let (start, len) = (c * CHUNK, CHUNK.min(n - c * CHUNK));
-        let x = x_t.narrow(0, start, len)?.to(device)?;
-        let chunk_labels = labels.map(|l| &l[start..start + len]);
-        let cond = Conditioning { labels: chunk_labels, guidance: settings.guidance };
-        let noise = chunk_noise(seed, c);
-        let mut chunk_frames = vec![x_t.narrow(0, start, len)?];
-        let wanted = |i: usize| frames.is_some() && ((i + 1).is_multiple_of(every) || i + 1 == steps);
-        // A frame is read back from the device only when it is wanted.
-        let mut failed = None;
-        let end = sampler::run(model, schedule, &x, settings.method, cond, noise, &mut |i, _, x| {
-            bar.inc(1);
-            if wanted(i) {
-                match x.to(Device::Cpu) {
-                    Ok(frame) => chunk_frames.push(frame),
-                    Err(e) => failed = Some(e),
-                }
-            }
-        })?;
-        if let Some(e) = failed {
-            return Err(e.into());
-        }
-        outputs.push(end.clamp(-1.0, 1.0)?.to(Device::Cpu)?);
-        chain.push(chunk_frames);
-    }
+    let samples = pipeline.sample_with_progress(sampling, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
     bar.finish_and_clear();
-    if let Some(frames) = frames {
-        for f in 0..chain[0].len() {
-            let parts: Vec<&Tensor> = chain.iter().map(|c| &c[f]).collect();
-            frames.push(Tensor::concat(&parts, 0)?);
-        }
-    }
-    let parts: Vec<&Tensor> = outputs.iter().collect();
-    Ok(Tensor::concat(&parts, 0)?)
-}
-
-/// Loads a model file: the preset and classes come from its metadata.
-pub fn load_model(path: &std::path::Path) -> Result<(UNet, Schedule)> {
-    let meta = checkpoint::read_metadata(path)?;
-    let preset: Preset =
-        meta.preset.parse().map_err(|e| anyhow::anyhow!("checkpoint {}: metadata \"preset\": {e}", path.display()))?;
-    if meta.num_classes != 0 && meta.num_classes != 10 {
-        bail!("checkpoint {}: {} classes; this project's models have 0 or 10", path.display(), meta.num_classes);
-    }
-    let kind: ScheduleKind = meta
-        .schedule
-        .parse()
-        .map_err(|e| anyhow::anyhow!("checkpoint {}: metadata \"schedule\": {e}", path.display()))?;
-    if meta.timesteps < 2 {
-        bail!("checkpoint {}: metadata \"timesteps\" = {}: T must be at least 2", path.display(), meta.timesteps);
-    }
-    let model = UNet::new(preset, meta.num_classes, &mut stream(0, Stream::Init, 0));
-    checkpoint::load_into(path, &model.named_params())?;
-    Ok((model, Schedule::new(kind, meta.timesteps)))
+    Ok(samples)
 }
 
 pub fn run(args: SampleArgs) -> Result<()> {
@@ -277,10 +143,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if args.cols == Some(0) {
         bail!("--cols must be at least 1");
     }
-    let (model, schedule) = load_model(&args.checkpoint)?;
-    model.to_device(device)?;
-    let settings = SampleSettings::from_flags(&model, &schedule, args.sampler, args.steps, args.eta, args.guidance)?;
-    let (method, guidance) = (settings.method, settings.guidance);
+    let pipeline = Pipeline::from_checkpoint(&args.checkpoint, device)?;
+    let model = pipeline.model();
+    let settings = sampling_from_flags(&pipeline, args.sampler, args.steps, args.eta, args.guidance)?;
 
     // x_T: read, or drawn from the seed; N follows from whichever input fixes it.
     let init = match &args.init_noise {
@@ -323,7 +188,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
             }
             Some(l)
         }
-        (None, None) => grid_labels(&model, n),
+        (None, None) => pipeline.grid_labels(n),
     };
 
     // Fail before the work, not after: every output's folder must exist.
@@ -343,25 +208,16 @@ pub fn run(args: SampleArgs) -> Result<()> {
         settings.describe(),
         ddpm::device::describe(device)
     );
-    let x_t = init.unwrap_or_else(|| initial_noise(n, args.seed));
-    let want_chain = args.gif.is_some() || args.strip.is_some();
-    let mut frames = vec![];
+    let keep_frames = args.gif.is_some() || args.strip.is_some();
+    let has_labels = labels.is_some();
+    let sampling = Sampling { n, labels, seed: args.seed, init_noise: init, keep_frames, ..settings };
     let started = std::time::Instant::now();
-    let images = draw_from(
-        &model,
-        &schedule,
-        &settings,
-        &x_t,
-        labels.as_deref(),
-        args.seed,
-        true,
-        want_chain.then_some(&mut frames),
-    )?;
+    let Samples { images, frames } = sample_with_bar(&pipeline, &sampling, true)?;
     let secs = started.elapsed().as_secs_f64();
-    let evals = n * method.num_steps(&schedule) * if guidance != 0.0 { 2 } else { 1 };
+    let evals = n * sampling.evaluations_per_image(pipeline.schedule());
     eprintln!("done in {secs:.1} s ({:.0} image-evaluations/s)", evals as f64 / secs);
 
-    let cols = args.cols.unwrap_or(if labels.is_some() && args.digit.is_none() && args.labels.is_none() {
+    let cols = args.cols.unwrap_or(if has_labels && args.digit.is_none() && args.labels.is_none() {
         model.num_classes
     } else {
         (n as f64).sqrt().ceil() as usize

@@ -13,7 +13,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-/// The versions CUDA.md pins: NVRTC 13.0 emits PTX the GPU machines' driver
+/// The pinned versions: NVRTC 13.0 emits PTX the GPU machines' driver
 /// and ptxas 13.0 accept (NVRTC 13.5 does not).
 const WHEELS: [&str; 2] = ["nvidia-cuda-nvrtc==13.0.88", "nvidia-cuda-nvcc==13.0.88"];
 

@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ddpm::data::{locate, Split, TRAIN_IMAGES, TRAIN_LABELS};
+use ddpm::fit::{MODEL_FILE as MODEL, STATE_FILE as STATE};
 use ddpm::train::{StepStats, TrainConfig, Trainer};
 use ddpm::ScheduleKind;
+use ddpm::{Fit, Pipeline, Sampling, Stop};
 use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -31,7 +33,7 @@ use serde_json::json;
 use crate::device::{resolve, DeviceArg};
 use crate::download::Dataset;
 use crate::picture;
-use crate::sample::{draw, grid_labels, SampleSettings};
+use crate::sample::sample_with_bar;
 
 /// The settings that define a run are options: on `--resume` the saved run's
 /// values are used, and a flag that contradicts them is refused.
@@ -92,8 +94,6 @@ pub struct TrainArgs {
     grid: usize,
 }
 
-const STATE: &str = "state.safetensors";
-const MODEL: &str = "model.safetensors";
 const LOG: &str = "log.jsonl";
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -145,11 +145,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut log = Log::open(&out.join(LOG), trainer.step_count())?;
 
     let start_step = trainer.step_count();
-    let target = Target::new(&args, &trainer);
-    if let Target::Steps(n) = target {
-        if n <= start_step {
-            bail!("the run already has {start_step} steps; ask for more with --steps or --epochs");
-        }
+    let stop = stop_of(&args);
+    let target = match stop {
+        Stop::Steps(n) => Some(n),
+        Stop::Epochs(e) => Some(e.saturating_mul(trainer.batches_per_epoch())),
+        Stop::Time(_) => None,
+    };
+    if let Some(n) = target.filter(|&n| n <= start_step) {
+        bail!("the run already has {start_step} steps ({n} asked for); ask for more with --steps or --epochs");
     }
     eprintln!(
         "training {} ({} parameters, {} classes) on {} {} images from {}, batch {}, device {}, into {}{}",
@@ -166,32 +169,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     log.event(json!({"event": "start", "step": start_step, "config": format!("{config:?}"), "data": data_dir}))?;
 
-    let progress = Progress::new(target, start_step);
+    let progress = Bar::new(stop, target, start_step);
     let started = Instant::now();
     let mut speed = Speed::default();
-    loop {
-        let step_start = Instant::now();
-        let stats = trainer.train_step(&data)?;
-        speed.add(config.batch, step_start.elapsed());
-        log.step(&stats, speed.images_per_s(), started.elapsed())?;
-        progress.update(&stats, speed.images_per_s(), started.elapsed());
-        let done = target.reached(stats.step, started.elapsed());
-        if done || stats.step % args.save_every == 0 {
-            save(&trainer, &out, &mut log)?;
-            if !done && progress.bar.is_hidden() {
-                eprintln!(
-                    "step {}: loss {:.4}, {:.0} images/s, saved to {}",
-                    stats.step,
-                    progress.smoothed_loss(),
-                    speed.images_per_s(),
-                    out.display()
-                );
+    let fit = Fit { stop, save_every: args.save_every, dir: Some(&out) };
+    trainer.fit(&data, &fit, |event| -> Result<()> {
+        match event {
+            ddpm::Progress::Step { stats, took, elapsed } => {
+                speed.add(config.batch, took);
+                log.step(stats, speed.images_per_s(), elapsed)?;
+                progress.update(stats, speed.images_per_s(), elapsed);
+            }
+            // The state and the model are on disk: the log's lines up to here may go too.
+            ddpm::Progress::Saved { step, dir } => {
+                log.flush()?;
+                if progress.bar.is_hidden() {
+                    eprintln!(
+                        "step {step}: loss {:.4}, {:.0} images/s, saved to {}",
+                        progress.smoothed_loss(),
+                        speed.images_per_s(),
+                        dir.display()
+                    );
+                }
             }
         }
-        if done {
-            break;
-        }
-    }
+        Ok(())
+    })?;
     progress.bar.finish_and_clear();
     let steps = trainer.step_count() - start_step;
     eprintln!(
@@ -203,11 +206,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
     // Pictures: the loss curve from the whole log, and samples from the EMA model.
     plot_loss(&out.join(LOG), &out.join("loss.png"))?;
-    let model = trainer.ema_model()?;
-    let settings = SampleSettings::default_for(&model);
-    let labels = grid_labels(&model, args.grid);
-    eprintln!("drawing {} samples ({}) for samples.png", args.grid, settings.describe());
-    let images = draw(&model, trainer.schedule(), &settings, args.grid, labels.as_deref(), config.seed, true)?;
+    let pipeline = Pipeline::new(trainer.ema_model()?, trainer.schedule().clone());
+    let sampling = Sampling { seed: config.seed, ..pipeline.sampling(args.grid) };
+    eprintln!("drawing {} samples ({}) for samples.png", args.grid, sampling.describe());
+    let images = sample_with_bar(&pipeline, &sampling, true)?.images;
     let cols = if config.classes > 0 { config.classes } else { (args.grid as f64).sqrt().ceil() as usize };
     picture::grid_png(&out.join("samples.png"), images.as_slice(), args.grid, 28, 28, cols.max(1), 2)?;
     eprintln!(
@@ -244,61 +246,38 @@ fn overlay(config: &mut TrainConfig, args: &TrainArgs) {
     config.seed = args.seed.unwrap_or(config.seed);
 }
 
-/// Writes the resumable state, then the model, then flushes the log: after a
-/// crash the log never describes steps the state does not hold... except the
-/// ones since the last save, which `Log::open` drops on resume.
-fn save(trainer: &Trainer, out: &Path, log: &mut Log) -> Result<()> {
-    trainer.save_state(&out.join(STATE))?;
-    trainer.save_model(&out.join(MODEL))?;
-    log.flush()
-}
-
-/// When to stop.
-#[derive(Debug, Clone, Copy)]
-enum Target {
-    Steps(u64),
-    Time(Duration),
-}
-
-impl Target {
-    fn new(args: &TrainArgs, trainer: &Trainer) -> Target {
-        match (args.steps, args.epochs, args.minutes) {
-            (Some(n), _, _) => Target::Steps(n),
-            (_, Some(e), _) => Target::Steps(e * trainer.batches_per_epoch()),
-            (_, _, Some(m)) => Target::Time(Duration::from_secs_f64(m * 60.0)),
-            // Without a length: five passes over the data.
-            _ => Target::Steps(5 * trainer.batches_per_epoch()),
-        }
-    }
-
-    fn reached(&self, step: u64, elapsed: Duration) -> bool {
-        match *self {
-            Target::Steps(n) => step >= n,
-            Target::Time(d) => elapsed >= d,
-        }
+/// When to stop, from the flags: --steps, --epochs or --minutes, and
+/// without any, five passes over the data.
+fn stop_of(args: &TrainArgs) -> Stop {
+    match (args.steps, args.epochs, args.minutes) {
+        (Some(n), _, _) => Stop::Steps(n),
+        (_, Some(e), _) => Stop::Epochs(e),
+        (_, _, Some(m)) => Stop::Time(Duration::from_secs_f64(m * 60.0)),
+        _ => Stop::Epochs(5),
     }
 }
 
 /// The progress bar: steps (or seconds, for --minutes), loss, images/s, ETA.
-struct Progress {
+struct Bar {
     bar: ProgressBar,
-    target: Target,
+    /// The last step, or `None` for a time limit (the bar counts seconds).
+    target: Option<u64>,
     loss: std::cell::Cell<f64>,
 }
 
-impl Progress {
-    fn new(target: Target, start_step: u64) -> Progress {
-        let (len, unit) = match target {
-            Target::Steps(n) => (n, "steps"),
-            Target::Time(d) => (d.as_secs().max(1), "s"),
+impl Bar {
+    fn new(stop: Stop, target: Option<u64>, start_step: u64) -> Bar {
+        let (len, unit) = match (stop, target) {
+            (Stop::Time(d), _) => (d.as_secs().max(1), "s"),
+            (_, n) => (n.unwrap_or(0), "steps"),
         };
         let bar = ProgressBar::new(len);
         let template = format!("{{bar:30.cyan/blue}} {{pos}}/{{len}} {unit} [{{elapsed}} < {{eta}}] {{msg}}");
         bar.set_style(ProgressStyle::with_template(&template).expect("a valid template").progress_chars("=> "));
-        if let Target::Steps(_) = target {
+        if target.is_some() {
             bar.set_position(start_step);
         }
-        Progress { bar, target, loss: std::cell::Cell::new(f64::NAN) }
+        Bar { bar, target, loss: std::cell::Cell::new(f64::NAN) }
     }
 
     fn update(&self, stats: &StepStats, images_per_s: f64, elapsed: Duration) {
@@ -307,10 +286,10 @@ impl Progress {
         let smoothed = if previous.is_nan() { stats.loss as f64 } else { 0.98 * previous + 0.02 * stats.loss as f64 };
         self.loss.set(smoothed);
         match self.target {
-            Target::Steps(_) => self.bar.set_position(stats.step),
-            Target::Time(_) => self.bar.set_position(elapsed.as_secs()),
+            Some(_) => self.bar.set_position(stats.step),
+            None => self.bar.set_position(elapsed.as_secs()),
         }
-        let step = if let Target::Time(_) = self.target { format!("step {} ", stats.step) } else { String::new() };
+        let step = if self.target.is_none() { format!("step {} ", stats.step) } else { String::new() };
         self.bar.set_message(format!(
             "{step}epoch {} loss {smoothed:.4} lr {:.1e} {images_per_s:.0} img/s",
             stats.epoch + 1,

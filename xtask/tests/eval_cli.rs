@@ -27,8 +27,9 @@ fn read_json(path: &Path) -> serde_json::Value {
 
 #[test]
 fn real_digits_score_well_and_the_classifier_is_cached() {
-    let dir = temp_dir("eval-real");
-    let (samples, labels) = real_digits(&dir, 300);
+    let tmp = temp_dir("eval-real");
+    let dir = tmp.path();
+    let (samples, labels) = real_digits(dir, 300);
     let classifier = dir.join("judge").join("lenet.safetensors");
     let eval = |extra: &[&str]| {
         let mut args = vec!["eval", "--samples", samples.to_str().unwrap(), "--data-dir", SHARED_MNIST];
@@ -72,12 +73,12 @@ fn real_digits_score_well_and_the_classifier_is_cached() {
 
     // Asking for other training settings than the cached file's is refused.
     assert_fails_with(&eval(&["--epochs", "2"]), "--retrain");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn samples_from_a_checkpoint_are_judged() {
-    let dir = temp_dir("eval-checkpoint");
+    let tmp = temp_dir("eval-checkpoint");
+    let dir = tmp.path();
     let checkpoint = dir.join("model.safetensors");
     std::fs::copy(FIXTURE, &checkpoint).unwrap();
     let classifier = dir.join("lenet.safetensors");
@@ -106,12 +107,12 @@ fn samples_from_a_checkpoint_are_judged() {
     assert_eq!(report["samples"]["n"], 20);
     assert!(report["samples"]["accuracy_as_asked"].is_number(), "a conditional model is asked for digits");
     assert_eq!(report["source"]["sampler"], "DDIM, 2 steps, eta 0, guidance 1");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn bad_inputs_are_refused_before_any_work() {
-    let dir = temp_dir("eval-bad");
+    let tmp = temp_dir("eval-bad");
+    let dir = tmp.path();
     let path = |name: &str| dir.join(name).to_str().unwrap().to_string();
     let (classifier, report) = (path("lenet.safetensors"), path("report.json"));
     // Every report goes to the temporary folder, even from a case that would
@@ -174,5 +175,4 @@ fn bad_inputs_are_refused_before_any_work() {
 
     assert!(!Path::new(&classifier).exists(), "a refused run trained a classifier");
     assert!(!Path::new(&report).exists(), "a refused run wrote its report");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

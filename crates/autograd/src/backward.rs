@@ -239,6 +239,16 @@ impl Var {
     /// rule has run, so intermediate values and gradients are freed as soon as
     /// they are no longer needed; a second backward through the same nodes is
     /// an error, as in PyTorch without `retain_graph`.
+    ///
+    /// ```
+    /// use ddpm_autograd::{Tensor, Var};
+    /// // y = sum(2 x^2), so dy/dx = 4x.
+    /// let x = Var::param(Tensor::from_vec(vec![1.0, -3.0], [2])?);
+    /// let y = x.square()?.scale(2.0)?.sum_all()?;
+    /// let grads = y.backward()?;
+    /// assert_eq!(grads.get(&x).unwrap().to_vec(), vec![4.0, -12.0]);
+    /// # Ok::<(), ddpm_autograd::TensorError>(())
+    /// ```
     pub fn backward(&self) -> Result<Gradients> {
         let order = topological_order(self);
         let mut grads: HashMap<usize, Tensor> = HashMap::new();

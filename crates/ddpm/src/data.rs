@@ -191,7 +191,7 @@ fn has_data(dir: &Path) -> bool {
     find_file(dir, TRAIN_IMAGES).exists()
 }
 
-/// The folder to read `dataset` from, in DESIGN.md's order: `--data-dir`, then
+/// The folder to read `dataset` from, in this order: `--data-dir`, then
 /// `$DDPM_DATA`, then `data/<dataset>/`; an error naming all three otherwise.
 pub fn locate(dataset: &str, given: Option<&Path>, env: Option<&Path>) -> Result<PathBuf, DataError> {
     let default = PathBuf::from("data").join(dataset);

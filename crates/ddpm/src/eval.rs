@@ -1,10 +1,11 @@
-//! Judging generated digits (DESIGN.md, "Quality") with an MNIST classifier.
+//! Judging generated digits with an MNIST classifier (the README's "Sample
+//! quality" reports these numbers).
 //!
 //! 1. [`train_classifier`]: the LeNet-style [`Classifier`] learns the real
 //!    training digits (cross-entropy, Adam, small random shifts).
 //! 2. [`classify`]: its outputs on a set of images, without gradients: the
 //!    penultimate features f(x) (128 per image) and the class probabilities.
-//! 3. [`score`]: what DESIGN.md asks of a set of images, against the features
+//! 3. [`score`]: what is reported of a set of images, against the features
 //!    of the t10k split ([`Gaussian::fit`]):
 //!    - FLD, the Fréchet distance between the two sets' features ([`frechet_distance`]);
 //!    - accuracy as asked: the fraction of images generated for digit d that
@@ -313,7 +314,7 @@ pub fn classify(model: &Classifier, images: &Tensor) -> Result<Outputs, EvalErro
 
 // ------------------------------------------------------------------ scores of a set
 
-/// What DESIGN.md reports about one set of images.
+/// What is reported about one set of images.
 #[derive(Debug, Clone)]
 pub struct Score {
     pub n: usize,

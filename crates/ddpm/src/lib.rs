@@ -7,22 +7,28 @@
 //! - [`device`]: where a job runs (the host, or a GPU when one can be used).
 //! - [`loss`]: the training objective: random t, closed-form x_t, MSE on the noise.
 //! - [`train`]: one training step (Adam with warm-up, clipping, EMA, label
-//!   dropout) and a resumable training state.
+//!   dropout) and a resumable training state; [`fit`]: the loop around it
+//!   (when to stop, when to save, progress for an observer).
 //! - [`rng`]: the seeded random streams that make a resumed run exact.
 //! - [`sampler`]: DDPM ancestral sampling, DDIM, classifier-free guidance, and
-//!   where the lecture's sampling formula differs from the paper's.
+//!   where the lecture's sampling formula differs from the paper's;
+//!   [`pipeline`]: a checkpoint in, images out, as `cargo xtask sample` does.
 //! - [`eval`]: judging generated digits: an MNIST classifier, the Fréchet
 //!   distance of its features (FLD), accuracy as asked, class balance.
 
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod fit;
 pub mod loss;
+pub mod pipeline;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
 pub mod train;
 
+pub use fit::{Fit, Progress, Stop};
 pub use loss::train_loss;
+pub use pipeline::{Pipeline, Samples, Sampling};
 pub use schedule::{Schedule, ScheduleKind};
 pub use train::{TrainConfig, Trainer};

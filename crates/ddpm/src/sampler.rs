@@ -32,26 +32,44 @@ pub use ddpm_tensor::ops::{apply_update, SamplingStep, Update};
 
 use crate::Schedule;
 
-/// The coefficients of one DDPM ancestral step x_t -> x_{t-1} (paper
-/// Algorithm 2, line 4), as the reference computes them: in f64, rounded to
-/// f32 (the step itself runs in f32). No noise at t = 0.
+/// One DDPM ancestral step x_t -> x_{t-1} (paper Algorithm 2, line 4):
+///
+/// ```text
+/// lecture:  x_{t-1} = (x_t - (b_t^2 / bbar_t) e) / a_t + b_t z
+/// paper:    x_{t-1} = (x_t - beta_t / sqrt(1 - alphabar_t) e) / sqrt(alpha_t) + sigma_t z,  sigma_t^2 = beta_t
+/// ```
+///
+/// with z ~ N(0, I) and no noise at the last step (t = 0). Returned as the
+/// coefficients of the fused step (`Tensor::sampling_step` applies them,
+/// with the guidance and the noise), computed as the reference does: in
+/// f64 from the paper's quantities, rounded to f32 (the step runs in f32).
 pub fn ddpm_update(schedule: &Schedule, t: usize) -> Update {
-    let (b, a, ab) = (schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]);
+    let (beta_t, alpha_t, alphabar_t) = (schedule.betas[t], schedule.alphas[t], schedule.alphas_cumprod[t]);
     Update::Ddpm {
-        // b_t^2 / bbar_t in the lecture's notation, beta_t / sqrt(1 - alphabar_t) in the paper's.
-        eps_coef: (b / (1.0 - ab).sqrt()) as f32,
-        sqrt_a: a.sqrt() as f32,                          // a_t
-        sigma: if t > 0 { b.sqrt() as f32 } else { 0.0 }, // b_t, or no noise at the last step
+        // b_t^2 / bbar_t: of the whole noise bbar_t e in x_t, the share one step removes.
+        eps_coef: (beta_t / (1.0 - alphabar_t).sqrt()) as f32,
+        // a_t = sqrt(alpha_t): undoes the step's shrinking of x_{t-1}.
+        a: alpha_t.sqrt() as f32,
+        // b_t = sqrt(beta_t): the fresh noise, none at the last step.
+        sigma: if t > 0 { beta_t.sqrt() as f32 } else { 0.0 },
     }
 }
 
-/// The coefficients of one DDIM step x_t -> x_{t_prev} (Song et al. eq. 12),
+/// One DDIM step x_t -> x_{t_prev} (Song et al. 2021, eq. 12), in the
+/// paper's alphabar (the lecture's abar_t^2):
+///
+/// ```text
+/// x0_hat = (x_t - sqrt(1 - alphabar_t) e) / sqrt(alphabar_t)
+/// x_prev = sqrt(alphabar_prev) x0_hat + sqrt(1 - alphabar_prev - sigma^2) e + sigma z
+/// sigma  = eta sqrt((1 - alphabar_prev) / (1 - alphabar_t) (1 - alphabar_t / alphabar_prev))
+/// ```
+///
 /// in f64 as the reference; `t_prev = None` means "to x_0" (alphabar_prev = 1).
 pub fn ddim_update(schedule: &Schedule, t: usize, t_prev: Option<usize>, eta: f64) -> Update {
-    let ab = schedule.alphas_cumprod[t];
-    let ab_prev = t_prev.map_or(1.0, |p| schedule.alphas_cumprod[p]);
-    let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)).sqrt();
-    Update::Ddim { ab, ab_prev, sigma, dir: (1.0 - ab_prev - sigma * sigma).sqrt() }
+    let alphabar = schedule.alphas_cumprod[t];
+    let alphabar_prev = t_prev.map_or(1.0, |p| schedule.alphas_cumprod[p]);
+    let sigma = eta * ((1.0 - alphabar_prev) / (1.0 - alphabar) * (1.0 - alphabar / alphabar_prev)).sqrt();
+    Update::Ddim { alphabar, alphabar_prev, sigma, dir: (1.0 - alphabar_prev - sigma * sigma).sqrt() }
 }
 
 /// One DDPM ancestral step x_t -> x_{t-1}; `z` is ignored at t = 0.
@@ -124,7 +142,27 @@ pub fn noise_estimates(model: &UNet, x: &Tensor, t: usize, cond: Conditioning) -
 /// It has the form of a DDPM step with the coefficients b_t and a_t and no
 /// noise, so it runs as one ([`Update::Ddpm`]), on any device.
 pub fn lecture_update(schedule: &Schedule, t: usize) -> Update {
-    Update::Ddpm { eps_coef: schedule.b(t) as f32, sqrt_a: schedule.a(t) as f32, sigma: 0.0 }
+    Update::Ddpm { eps_coef: schedule.b(t) as f32, a: schedule.a(t) as f32, sigma: 0.0 }
+}
+
+/// The lecture's second sampling loop: x = (x - bbar_t f(x, t)) / abar_t,
+/// for t running *up* from the first step to T.
+///
+/// Each step inverts the closed form x_t = abar_t x_0 + bbar_t e: it is the
+/// network's estimate of x_0 from x taken as x_t, in one jump. Run once, at
+/// the right t (the noise level of x), that is a blurry x_0; run again and
+/// again with t growing, the estimate of each step is handed to the next as
+/// if it were x at a higher noise level, which it is not: at small t the
+/// network removes almost nothing (bbar_t is small) but the division by
+/// abar_t ~ 1 changes nothing either, and as t grows, 1 / abar_t grows to
+/// about 160 at t = T while the network, asked to find noise of size bbar_t
+/// in an image that has another amount, subtracts the wrong amount, so x is
+/// multiplied up step after step. `cargo xtask lecture` runs it from the
+/// same x_T as the others and prints how far it goes.
+///
+/// Also of the DDPM form: eps_coef = bbar_t, a = abar_t, no noise.
+pub fn lecture_jump_update(schedule: &Schedule, t: usize) -> Update {
+    Update::Ddpm { eps_coef: schedule.bbar(t) as f32, a: schedule.abar(t) as f32, sigma: 0.0 }
 }
 
 /// Which reverse process to run.
@@ -134,8 +172,11 @@ pub enum Method {
     Ddpm,
     /// DDIM over `steps` evenly spaced timesteps; eta = 0 is deterministic.
     Ddim { steps: usize, eta: f64 },
-    /// The lecture's simplified formula over all T steps ([`lecture_step`]).
+    /// The lecture's simplified formula over all T steps ([`lecture_update`]).
     Lecture,
+    /// The lecture's second loop, x_0 from x_t over and over, t rising from
+    /// the first step to T ([`lecture_jump_update`]).
+    LectureJump,
 }
 
 impl Method {
@@ -144,6 +185,7 @@ impl Method {
         match *self {
             Method::Ddim { steps, .. } => ddim_timesteps(schedule.timesteps(), steps),
             Method::Ddpm | Method::Lecture => (0..schedule.timesteps()).rev().collect(),
+            Method::LectureJump => (0..schedule.timesteps()).collect(),
         }
     }
 
@@ -153,6 +195,7 @@ impl Method {
             Method::Ddpm => ddpm_update(schedule, ts[i]),
             Method::Ddim { eta, .. } => ddim_update(schedule, ts[i], ts.get(i + 1).copied(), eta),
             Method::Lecture => lecture_update(schedule, ts[i]),
+            Method::LectureJump => lecture_jump_update(schedule, ts[i]),
         }
     }
 

@@ -43,6 +43,16 @@ impl fmt::Display for ScheduleKind {
 }
 
 /// beta_t and its derived quantities for t = 0 .. T-1, in f64.
+///
+/// ```
+/// use ddpm::{Schedule, ScheduleKind};
+/// let s = Schedule::new(ScheduleKind::Linear, 1000);
+/// // The lecture's names: a_t^2 + b_t^2 = 1 for one step, abar_t^2 + bbar_t^2 = 1 for the jump.
+/// assert!((s.a(500).powi(2) + s.b(500).powi(2) - 1.0).abs() < 1e-12);
+/// assert!((s.abar(500).powi(2) + s.bbar(500).powi(2) - 1.0).abs() < 1e-12);
+/// // x at the last step is almost pure noise.
+/// assert!(s.abar(999) < 0.01 && s.bbar(999) > 0.99);
+/// ```
 #[derive(Debug, Clone)]
 pub struct Schedule {
     pub kind: ScheduleKind,
@@ -159,8 +169,8 @@ impl Schedule {
         let (signal, noise): (Vec<f32>, Vec<f32>) = t
             .iter()
             .map(|&step| {
-                let ab = self.alphas_cumprod[step] as f32;
-                (ab.sqrt(), (1.0 - ab).sqrt())
+                let alphabar = self.alphas_cumprod[step] as f32;
+                (alphabar.sqrt(), (1.0 - alphabar).sqrt())
             })
             .unzip();
         let mut per_image = vec![1; x0.rank()];
@@ -208,23 +218,23 @@ mod tests {
         };
         let mut rng = StdRng::seed_from_u64(3);
         for t in [0, 50, 300, 999] {
-            let (ab, bb) = (s.abar(t), s.bbar(t));
+            let (abar, bbar) = (s.abar(t), s.bbar(t));
             let chain = s.noise_chain(&x0, t, &mut rng).unwrap();
             let eps = Tensor::randn([n], &mut rng);
             let closed = s.q_sample(&x0.reshape([n, 1]).unwrap(), &vec![t; n], &eps.reshape([n, 1]).unwrap()).unwrap();
             for (what, x) in [("chain", chain), ("closed form", closed)] {
                 let (mean, var) = stats(&x);
-                let se_mean = bb / (n as f64).sqrt();
-                let se_var = bb * bb * (2.0 / n as f64).sqrt();
+                let se_mean = bbar / (n as f64).sqrt();
+                let se_var = bbar * bbar * (2.0 / n as f64).sqrt();
                 assert!(
-                    (mean - ab * 0.8).abs() < 4.0 * se_mean + 1e-6,
+                    (mean - abar * 0.8).abs() < 4.0 * se_mean + 1e-6,
                     "{what} t = {t}: mean {mean}, want {}",
-                    ab * 0.8
+                    abar * 0.8
                 );
                 assert!(
-                    (var - bb * bb).abs() < 4.0 * se_var + 1e-7,
+                    (var - bbar * bbar).abs() < 4.0 * se_var + 1e-7,
                     "{what} t = {t}: variance {var}, want {}",
-                    bb * bb
+                    bbar * bbar
                 );
             }
         }

@@ -177,7 +177,24 @@ pub struct StepStats {
     pub lr: f32,
 }
 
-/// A model being trained, with its optimiser, EMA and position in the data.
+/// A model being trained, with its optimiser, EMA and position in the data,
+/// on one device. [`Trainer::fit`] runs the loop with a stopping rule.
+///
+/// ```
+/// use ddpm::data::{Images, Split};
+/// use ddpm::{TrainConfig, Trainer};
+/// use ddpm_nn::Preset;
+/// use ddpm_tensor::Device;
+///
+/// // Four blank images of digit 0 (a real run loads MNIST with `Split::load`).
+/// let data = Split { images: Images { count: 4, rows: 28, cols: 28, pixels: vec![0; 4 * 784] }, labels: vec![0; 4] };
+/// let mut trainer = Trainer::new(TrainConfig { batch: 2, ..TrainConfig::new(Preset::Tiny, 10) }, data.len())?;
+/// trainer.to_device(Device::Cpu)?; // or `ddpm::device::auto().0`: the GPU where there is one
+/// let stats = trainer.train_step(&data)?;
+/// assert_eq!((stats.step, trainer.step_count()), (1, 1));
+/// assert!(stats.loss.is_finite());
+/// # Ok::<(), ddpm::train::TrainError>(())
+/// ```
 pub struct Trainer {
     config: TrainConfig,
     model: UNet,

@@ -14,10 +14,10 @@ fn shared_mnist() -> Option<PathBuf> {
     dir.join(format!("{TRAIN_IMAGES}.gz")).exists().then_some(dir)
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-data-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory per test (tests run in parallel, and so may other runs),
+/// removed when the test ends, whether it passes or fails.
+fn temp_dir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
 }
 
 /// An IDX image file: magic, count, rows, cols, then the pixels.
@@ -75,11 +75,12 @@ fn the_shared_mnist_reads_with_the_counts_of_its_headers() {
 
 #[test]
 fn plain_and_gzip_files_read_the_same() {
-    let dir = temp_dir("roundtrip");
+    let tmp = temp_dir("roundtrip");
+    let dir = tmp.path();
     let pixels: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8 * 10).collect();
-    write(&dir, &format!("{TRAIN_IMAGES}.gz"), &gz(&idx_images(2, 3, 4, &pixels)));
-    write(&dir, TRAIN_LABELS, &idx_labels(&[7, 3]));
-    let split = Split::load(&dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap();
+    write(dir, &format!("{TRAIN_IMAGES}.gz"), &gz(&idx_images(2, 3, 4, &pixels)));
+    write(dir, TRAIN_LABELS, &idx_labels(&[7, 3]));
+    let split = Split::load(dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap();
     assert_eq!((split.images.count, split.images.rows, split.images.cols), (2, 3, 4));
     assert_eq!(split.images.pixels, pixels);
     assert_eq!(split.labels, vec![7, 3]);
@@ -87,7 +88,8 @@ fn plain_and_gzip_files_read_the_same() {
 
 #[test]
 fn broken_files_are_refused_with_a_message_naming_them() {
-    let dir = temp_dir("broken");
+    let tmp = temp_dir("broken");
+    let dir = tmp.path();
     let good = idx_images(2, 2, 2, &[0; 8]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("wrong-magic", idx_labels(&[1, 2]), "magic number 0x00000801, expected 0x00000803"),
@@ -98,11 +100,11 @@ fn broken_files_are_refused_with_a_message_naming_them() {
         ("bad-gzip", gz(&good)[..20].to_vec(), "not a valid gzip stream"),
     ];
     for (name, bytes, expected) in cases {
-        let path = write(&dir, name, &bytes);
+        let path = write(dir, name, &bytes);
         let e = read_images(&path).unwrap_err().to_string();
         assert!(e.contains(name) && e.contains(expected), "{name}: {e}");
     }
-    let path = write(&dir, "labels-not-digits", &idx_labels(&[3, 12]));
+    let path = write(dir, "labels-not-digits", &idx_labels(&[3, 12]));
     let e = read_labels(&path).unwrap_err().to_string();
     assert!(e.contains("label 12 at index 1"), "{e}");
     let e = read_images(&dir.join("missing")).unwrap_err().to_string();
@@ -111,21 +113,23 @@ fn broken_files_are_refused_with_a_message_naming_them() {
 
 #[test]
 fn images_and_labels_must_agree_in_count() {
-    let dir = temp_dir("mismatch");
-    write(&dir, TRAIN_IMAGES, &idx_images(3, 1, 1, &[0; 3]));
-    write(&dir, TRAIN_LABELS, &idx_labels(&[1, 2]));
-    let e = Split::load(&dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap_err().to_string();
+    let tmp = temp_dir("mismatch");
+    let dir = tmp.path();
+    write(dir, TRAIN_IMAGES, &idx_images(3, 1, 1, &[0; 3]));
+    write(dir, TRAIN_LABELS, &idx_labels(&[1, 2]));
+    let e = Split::load(dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap_err().to_string();
     assert!(e.starts_with("3 images but 2 labels"), "{e}");
 }
 
 #[test]
 fn lookup_follows_flag_then_environment_then_default() {
-    let (a, b) = (temp_dir("lookup-a"), temp_dir("lookup-b"));
-    write(&b, TRAIN_IMAGES, &idx_images(1, 1, 1, &[0]));
+    let (tmp_a, tmp_b) = (temp_dir("lookup-a"), temp_dir("lookup-b"));
+    let (a, b) = (tmp_a.path(), tmp_b.path());
+    write(b, TRAIN_IMAGES, &idx_images(1, 1, 1, &[0]));
     // The flag wins when it holds data; otherwise the environment is next.
-    assert_eq!(locate("mnist", Some(&b), None).unwrap(), b);
-    assert_eq!(locate("mnist", Some(&a), Some(&b)).unwrap(), b);
-    let e = locate("fashion-mnist", Some(&a), None).unwrap_err().to_string();
+    assert_eq!(locate("mnist", Some(b), None).unwrap(), b);
+    assert_eq!(locate("mnist", Some(a), Some(b)).unwrap(), b);
+    let e = locate("fashion-mnist", Some(a), None).unwrap_err().to_string();
     assert!(e.contains("--data-dir") && e.contains("$DDPM_DATA (not set)") && e.contains("data/fashion-mnist"), "{e}");
     assert!(e.contains("cargo xtask data"), "{e}");
 }

@@ -327,7 +327,8 @@ fn classifier_training_reduces_its_loss() {
 
     // Saved and loaded, it computes the same outputs; a file of something
     // else is refused by name.
-    let path = std::env::temp_dir().join(format!("ddpm-eval-classifier-{}.safetensors", std::process::id()));
+    let tmp = tempfile::Builder::new().prefix("ddpm-eval-").tempdir().unwrap();
+    let path = tmp.path().join("classifier.safetensors");
     save_classifier(&path, &model, &config, train.len()).unwrap();
     let (loaded, metadata) = load_classifier(&path).unwrap();
     assert_eq!(metadata["train_images"], "2000");
@@ -335,5 +336,4 @@ fn classifier_training_reduces_its_loss() {
     ddpm_nn::checkpoint::save_tensors(&path, &[("w".into(), Tensor::zeros([2]))], &Default::default()).unwrap();
     let err = load_classifier(&path).err().unwrap().to_string();
     assert!(err.contains("not a classifier file"), "{err}");
-    std::fs::remove_file(&path).unwrap();
 }

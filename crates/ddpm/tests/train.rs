@@ -1,8 +1,6 @@
 //! The training loop: a resumed run is the uninterrupted run, bit for bit;
 //! the loss goes down; a state from another run is refused.
 
-use std::path::PathBuf;
-
 use ddpm::data::{Images, Split};
 use ddpm::{TrainConfig, Trainer};
 use ddpm_nn::Preset;
@@ -27,10 +25,10 @@ fn config() -> TrainConfig {
     TrainConfig { batch: 8, warmup: 3, seed: 7, ..TrainConfig::new(Preset::Tiny, 10) }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-train-test-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory per test (tests run in parallel, and so may other runs),
+/// removed when the test ends, whether it passes or fails.
+fn temp_dir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
 }
 
 fn values(trainer: &Trainer) -> Vec<Vec<f32>> {
@@ -40,7 +38,8 @@ fn values(trainer: &Trainer) -> Vec<Vec<f32>> {
 #[test]
 fn resumed_training_equals_uninterrupted_training() {
     let data = toy_data();
-    let dir = temp_dir("resume");
+    let tmp = temp_dir("resume");
+    let dir = tmp.path();
 
     // Uninterrupted: 6 steps (crossing an epoch boundary at 5 batches of 8).
     let mut straight = Trainer::new(config(), data.len()).unwrap();
@@ -66,13 +65,13 @@ fn resumed_training_equals_uninterrupted_training() {
         ddpm_nn::checkpoint::load_tensors(&dir.join(f)).unwrap().0.into_values().map(|t| t.to_vec()).collect::<Vec<_>>()
     };
     assert!(read("a.safetensors") == read("b.safetensors"), "the EMA weights differ after resuming");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_state_from_other_settings_or_data_is_refused() {
     let data = toy_data();
-    let dir = temp_dir("refuse");
+    let tmp = temp_dir("refuse");
+    let dir = tmp.path();
     let path = dir.join("state.safetensors");
     let mut trainer = Trainer::new(config(), data.len()).unwrap();
     trainer.train_step(&data).unwrap();
@@ -91,7 +90,6 @@ fn a_state_from_other_settings_or_data_is_refused() {
     trainer.save_model(&dir.join("model.safetensors")).unwrap();
     let e = Trainer::resume(&dir.join("model.safetensors"), &config(), data.len()).err().unwrap().to_string();
     assert!(e.contains("not a training state"), "{e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Checkpoints: safetensors files in the interchange format of the reference
-//! (`../shared/reference/ddpm_ref.py`).
+//! (`scripts/ddpm_ref.py`).
 //!
 //! A model checkpoint holds one f32 tensor per parameter, named by the
 //! reference's `state_dict()` keys (`down.0.conv1.weight`) with the same
@@ -18,10 +18,8 @@
 //! half a new one), and a refused load changes nothing in the model.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ddpm_autograd::{Shape, Tensor, TensorError, Var};
 use ddpm_tensor::Device;
@@ -140,7 +138,8 @@ pub fn save_tensors(
     let metadata = (!metadata.is_empty()).then(|| metadata.clone());
     let bytes = safetensors::serialize(views, &metadata)
         .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), source: io::Error::other(format!("{e:?}")) })?;
-    write_atomically(path, &bytes).map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
+    crate::fs::write_atomically(path, &bytes)
+        .map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
 }
 
 /// A tensor as safetensors sees it: dtype F32, its shape, its bytes.
@@ -173,55 +172,6 @@ impl safetensors::View for F32View {
     fn data_len(&self) -> usize {
         self.bytes.len()
     }
-}
-
-/// Makes two saves from one process (two threads) use different temporary files.
-static NEXT_TEMP: AtomicUsize = AtomicUsize::new(0);
-
-/// Write to a temporary file, fsync it, rename it over `path`.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file_name =
-        path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path does not name a file"))?;
-    let temp_name = format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        NEXT_TEMP.fetch_add(1, Ordering::Relaxed)
-    );
-    // Same directory as `path`: a rename across file systems would be a copy.
-    let temp = path.with_file_name(temp_name);
-    let written = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(bytes)?;
-        // The data must be on disk before the rename makes it the checkpoint.
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if written.is_err() {
-        // Best effort: the error that matters is the one being returned.
-        let _ = std::fs::remove_file(&temp);
-    }
-    written?;
-    sync_directory(path);
-    Ok(())
-}
-
-/// Flushes the directory entry written by the rename, so that the new name
-/// survives a power cut. Best effort: the file is complete and in place by now,
-/// and some file systems refuse to sync a directory.
-fn sync_directory(path: &Path) {
-    #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
 }
 
 // ------------------------------------------------------------------ reading

@@ -3,10 +3,11 @@
 //! LeNet-style classifier that judges generated digits.
 //!
 //! Parameter names are the PyTorch reference's `state_dict()` keys
-//! (`../shared/reference/ddpm_ref.py`), so checkpoints interchange both ways.
+//! (`scripts/ddpm_ref.py`), so checkpoints interchange both ways.
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod fs;
 pub mod layers;
 mod module;
 pub mod optim;

@@ -16,26 +16,9 @@ use rand::{rngs::StdRng, SeedableRng};
 use safetensors::tensor::{Dtype, TensorView};
 
 /// A fresh directory per test (tests run in parallel, and so may other runs),
-/// removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(test: &str) -> TempDir {
-    let dir = std::env::temp_dir().join(format!("ddpm-nn-checkpoint-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    TempDir(dir)
+/// removed when the test ends, whether it passes or fails.
+fn temp_dir(test: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
 }
 
 fn meta() -> Metadata {
@@ -78,7 +61,8 @@ fn refused(path: &Path) -> String {
 
 #[test]
 fn a_saved_model_loads_back_bit_for_bit() {
-    let dir = temp_dir("round-trip");
+    let tmp = temp_dir("round-trip");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let source = model(0);
     save(&path, &source, &meta()).unwrap();
@@ -105,7 +89,8 @@ fn a_saved_model_loads_back_bit_for_bit() {
 
 #[test]
 fn named_tensors_and_any_metadata_round_trip() {
-    let dir = temp_dir("tensors");
+    let tmp = temp_dir("tensors");
+    let dir = tmp.path();
     let path = dir.join("state.safetensors");
     let written = vec![
         ("adam.m.w".to_string(), Tensor::from_vec(vec![1.5, -2.25, 3.0e-8, f32::MAX], [2, 2]).unwrap()),
@@ -135,13 +120,14 @@ fn named_tensors_and_any_metadata_round_trip() {
 
 #[test]
 fn writes_are_atomic_and_leave_no_temporary_file() {
-    let dir = temp_dir("atomic");
+    let tmp = temp_dir("atomic");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     save(&path, &model(0), &meta()).unwrap();
     // Overwriting replaces the file whole.
     save(&path, &model(1), &meta()).unwrap();
     let names: Vec<String> =
-        std::fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names, vec!["model.safetensors".to_string()]);
     let target = model(2);
     load_into(&path, &target).unwrap();
@@ -153,12 +139,13 @@ fn writes_are_atomic_and_leave_no_temporary_file() {
     let err = save(&missing_dir, &model(0), &meta()).unwrap_err();
     assert!(matches!(err, CheckpointError::Write { .. }), "{err}");
     assert!(err.to_string().starts_with(&format!("checkpoint {}: cannot write", missing_dir.display())), "{err}");
-    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 1);
 }
 
 #[test]
 fn refuses_a_missing_tensor() {
-    let dir = temp_dir("missing");
+    let tmp = temp_dir("missing");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let mut written = tensors(&model(0));
     written.remove(2);
@@ -169,7 +156,8 @@ fn refuses_a_missing_tensor() {
 
 #[test]
 fn refuses_an_extra_tensor() {
-    let dir = temp_dir("extra");
+    let tmp = temp_dir("extra");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let mut written = tensors(&model(0));
     written.push(("mid.attn.qkv.weight".to_string(), Tensor::zeros([12, 4, 1, 1])));
@@ -183,7 +171,8 @@ fn refuses_an_extra_tensor() {
 
 #[test]
 fn refuses_a_misshaped_tensor() {
-    let dir = temp_dir("misshaped");
+    let tmp = temp_dir("misshaped");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let mut written = tensors(&model(0));
     written[2].1 = Tensor::zeros([8, 4, 3, 3]);
@@ -201,7 +190,8 @@ fn refuses_a_misshaped_tensor() {
 /// A tensor stored as f64 (what `torch.save` of a double tensor would give).
 #[test]
 fn refuses_a_tensor_that_is_not_f32() {
-    let dir = temp_dir("dtype");
+    let tmp = temp_dir("dtype");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let doubles: Vec<u8> = [1.0f64, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
     let views = vec![("out.bias", TensorView::new(Dtype::F64, vec![2], &doubles).unwrap())];
@@ -214,7 +204,8 @@ fn refuses_a_tensor_that_is_not_f32() {
 
 #[test]
 fn refuses_a_truncated_file() {
-    let dir = temp_dir("truncated");
+    let tmp = temp_dir("truncated");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     save(&path, &model(0), &meta()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
@@ -240,7 +231,8 @@ fn refuses_a_truncated_file() {
 
 #[test]
 fn refuses_a_file_that_is_not_safetensors() {
-    let dir = temp_dir("garbage");
+    let tmp = temp_dir("garbage");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     std::fs::write(&path, "this is a text file, not a checkpoint\n").unwrap();
     let msg = refused(&path);
@@ -260,7 +252,8 @@ fn refuses_a_file_that_is_not_safetensors() {
 
 #[test]
 fn refuses_a_path_that_does_not_exist() {
-    let dir = temp_dir("nonexistent");
+    let tmp = temp_dir("nonexistent");
+    let dir = tmp.path();
     let path = dir.join("no-such-model.safetensors");
     let msg = refused(&path);
     assert!(msg.contains("no-such-model.safetensors: cannot read:"), "{msg}");
@@ -271,7 +264,8 @@ fn refuses_a_path_that_does_not_exist() {
 
 #[test]
 fn a_model_checkpoint_needs_its_metadata() {
-    let dir = temp_dir("metadata");
+    let tmp = temp_dir("metadata");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let written = tensors(&model(0));
 
@@ -315,7 +309,8 @@ fn metadata_converts_to_and_from_strings() {
 
 #[test]
 fn refuses_to_write_two_tensors_of_one_name() {
-    let dir = temp_dir("duplicate");
+    let tmp = temp_dir("duplicate");
+    let dir = tmp.path();
     let path = dir.join("model.safetensors");
     let written = vec![("w".to_string(), Tensor::zeros([1])), ("w".to_string(), Tensor::zeros([2]))];
     let err = save_tensors(&path, &written, &HashMap::new()).unwrap_err();
@@ -330,6 +325,6 @@ fn reads_a_checkpoint_written_by_pytorch() {
     let meta = read_metadata(&path).unwrap();
     assert_eq!(meta, Metadata { preset: "tiny".into(), num_classes: 10, schedule: "linear".into(), timesteps: 1000 });
     let (tensors, _) = load_tensors(&path).unwrap();
-    // DESIGN.md: the tiny preset with 10 classes has 280,881 parameters.
+    // The reference's count: the tiny preset with 10 classes has 280,881 parameters.
     assert_eq!(tensors.values().map(|t| t.numel()).sum::<usize>(), 280_881);
 }

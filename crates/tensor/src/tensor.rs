@@ -12,6 +12,17 @@ use crate::{Device, Result, Shape, Storage, TensorError};
 ///
 /// Cloning is cheap: the buffer is shared behind an `Arc` and copied only when
 /// a shared buffer is written to ([`Tensor::as_mut_slice`]).
+///
+/// ```
+/// use ddpm_tensor::{Device, Tensor};
+/// let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [2, 2])?;
+/// // [[1, 2], [3, 4]]^2 = [[7, 10], [15, 22]], plus [1, 1] broadcast over the rows.
+/// let y = x.matmul(&x)?.add(&Tensor::ones([2]))?;
+/// assert_eq!(y.to_vec(), vec![8.0, 11.0, 16.0, 23.0]);
+/// // Every op runs where its operands are; `to` moves them (here, nowhere).
+/// assert_eq!(y.to(Device::Cpu)?.device(), Device::Cpu);
+/// # Ok::<(), ddpm_tensor::TensorError>(())
+/// ```
 #[derive(Clone)]
 pub struct Tensor {
     shape: Shape,

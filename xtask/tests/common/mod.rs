@@ -4,7 +4,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 pub const SHARED_MNIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/mnist");
@@ -44,12 +44,10 @@ pub fn assert_succeeds(out: &Output) {
     assert!(out.status.success(), "{}\n{}", stdout(out), stderr(out));
 }
 
-/// A fresh, empty folder for one test (`tag` tells the tests of one binary apart).
-pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty folder for one test (`tag` tells the tests of one binary
+/// apart), removed when the test ends, whether it passes or fails.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("ddpm-cli-{tag}-")).tempdir().unwrap()
 }
 
 /// A float32 .npy file, written by hand (NumPy's format 1.0), independently
@@ -67,4 +65,15 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
     bytes.extend(header.as_bytes());
     bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
     std::fs::write(path, bytes).unwrap();
+}
+
+/// The float32 values of a .npy file the binary wrote (format 1.0,
+/// little-endian, C order), read by hand: the header's length, then the data.
+pub fn read_npy_f32(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "{}: a format 1.0 .npy file", path.display());
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'"), "{header}");
+    bytes[10 + header_len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }

@@ -39,12 +39,12 @@ pub fn step<E: Executor>(
     let mut args = vec![x.arg(), eps.arg(), out.arg(), Arg::U64(n as u64), Arg::I32(guided.into())];
     args.push(Arg::F32(s.guidance.unwrap_or(0.0)));
     let kernel = match s.update {
-        Update::Ddpm { eps_coef, sqrt_a, sigma } => {
-            args.extend([Arg::F32(eps_coef), Arg::F32(sqrt_a), Arg::F32(sigma)]);
+        Update::Ddpm { eps_coef, a, sigma } => {
+            args.extend([Arg::F32(eps_coef), Arg::F32(a), Arg::F32(sigma)]);
             "ddpm_step_f32"
         }
-        Update::Ddim { ab, ab_prev, sigma, dir } => {
-            args.extend([Arg::F64(ab), Arg::F64(ab_prev), Arg::F64(sigma), Arg::F64(dir)]);
+        Update::Ddim { alphabar, alphabar_prev, sigma, dir } => {
+            args.extend([Arg::F64(alphabar), Arg::F64(alphabar_prev), Arg::F64(sigma), Arg::F64(dir)]);
             "ddim_step_f32"
         }
     };

@@ -33,6 +33,23 @@ impl Module for Block {
     }
 }
 
+/// The noise predictor f(x_t, t, y).
+///
+/// ```
+/// use ddpm_autograd::{no_grad, Tensor, Var};
+/// use ddpm_nn::layers::Mode;
+/// use ddpm_nn::{Module, Preset, UNet};
+/// use rand::{rngs::StdRng, SeedableRng};
+///
+/// let model = UNet::new(Preset::Tiny, 10, &mut StdRng::seed_from_u64(0));
+/// assert_eq!(model.num_params(), 280_881);
+/// // eps_theta(x_t, t, y) for two images at t = 10 and 900, asked for digits 3 and 7
+/// // (`model.to_device(device)` first, and the x_t there, to run on a GPU).
+/// let x_t = Var::constant(Tensor::randn([2, 1, 28, 28], &mut StdRng::seed_from_u64(1)));
+/// let eps = no_grad(|| model.forward(&x_t, &[10, 900], Some(&[3, 7]), &mut Mode::Eval))?;
+/// assert_eq!(eps.dims(), vec![2, 1, 28, 28]);
+/// # Ok::<(), ddpm_autograd::TensorError>(())
+/// ```
 pub struct UNet {
     pub preset: Preset,
     pub num_classes: usize,

@@ -8,9 +8,13 @@
 //!
 //! ```text
 //! guidance   e  = (1 + w) e(x, t, y) - w e(x, t, null)          (when guided)
-//! DDPM       x' = (x - eps_coef e) / sqrt_a + sigma z
-//! DDIM       x0 = (x - sqrt(1 - ab) e) / sqrt(ab),  x' = sqrt(ab_prev) x0 + dir e + sigma z   (in f64)
+//! DDPM       x' = (x - eps_coef e) / a + sigma z
+//! DDIM       x0 = (x - sqrt(1 - alphabar) e) / sqrt(alphabar),
+//!            x' = sqrt(alphabar_prev) x0 + dir e + sigma z      (in f64)
 //! ```
+//!
+//! In the lecture's names (docs/lecture.md) a DDPM step has a = a_t,
+//! eps_coef = b_t^2 / bbar_t and sigma = b_t; `ddpm::sampler` says why.
 //!
 //! z is element i of Philox stream `seed`, draw `offset` ([`crate::philox::normal`]):
 //! the same number on every device, so a seed gives the same samples on each.
@@ -21,10 +25,12 @@ use crate::{philox, placement, Placement, Result, Shape, Tensor, TensorError};
 /// The coefficients of one sampling step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Update {
-    /// x' = (x - eps_coef e) / sqrt_a + sigma z, in f32.
-    Ddpm { eps_coef: f32, sqrt_a: f32, sigma: f32 },
-    /// x0 = (x - sqrt(1 - ab) e) / sqrt(ab); x' = sqrt(ab_prev) x0 + dir e + sigma z, in f64.
-    Ddim { ab: f64, ab_prev: f64, sigma: f64, dir: f64 },
+    /// x' = (x - eps_coef e) / a + sigma z, in f32; a is a_t = sqrt(alpha_t).
+    Ddpm { eps_coef: f32, a: f32, sigma: f32 },
+    /// x0 = (x - sqrt(1 - alphabar) e) / sqrt(alphabar);
+    /// x' = sqrt(alphabar_prev) x0 + dir e + sigma z, in f64. alphabar is the
+    /// paper's alphabar_t = abar_t^2 at this step, alphabar_prev at the next.
+    Ddim { alphabar: f64, alphabar_prev: f64, sigma: f64, dir: f64 },
 }
 
 impl Update {
@@ -40,12 +46,12 @@ impl Update {
     #[inline(always)]
     pub fn apply(&self, x: f32, e: f32, z: f32) -> f32 {
         match *self {
-            Update::Ddpm { eps_coef, sqrt_a, sigma } => (x - eps_coef * e) / sqrt_a + sigma * z,
-            Update::Ddim { ab, ab_prev, sigma, dir } => {
+            Update::Ddpm { eps_coef, a, sigma } => (x - eps_coef * e) / a + sigma * z,
+            Update::Ddim { alphabar, alphabar_prev, sigma, dir } => {
                 let (x, e, z) = (x as f64, e as f64, z as f64);
                 // The network's estimate of x_0: invert x_t = abar_t x_0 + bbar_t e.
-                let x0 = (x - (1.0 - ab).sqrt() * e) / ab.sqrt();
-                (ab_prev.sqrt() * x0 + dir * e + sigma * z) as f32
+                let x0 = (x - (1.0 - alphabar).sqrt() * e) / alphabar.sqrt();
+                (alphabar_prev.sqrt() * x0 + dir * e + sigma * z) as f32
             }
         }
     }
@@ -134,8 +140,8 @@ mod tests {
         let w = 1.5;
         let guided = c.zip_map(&u, |c, u| (1.0 + w) * c - w * u).unwrap();
         for update in [
-            Update::Ddpm { eps_coef: 0.3, sqrt_a: 0.99, sigma: 0.1 },
-            Update::Ddim { ab: 0.5, ab_prev: 0.7, sigma: 0.05, dir: 0.4 },
+            Update::Ddpm { eps_coef: 0.3, a: 0.99, sigma: 0.1 },
+            Update::Ddim { alphabar: 0.5, alphabar_prev: 0.7, sigma: 0.05, dir: 0.4 },
         ] {
             let step = SamplingStep { update, guidance: Some(w), seed: 9, offset: 4 };
             let z = Tensor::randn_philox([3, 1, 28, 28], 9, 4);
@@ -148,7 +154,7 @@ mod tests {
         }
         // The guided step needs both halves.
         let step = SamplingStep {
-            update: Update::Ddpm { eps_coef: 0.3, sqrt_a: 0.99, sigma: 0.0 },
+            update: Update::Ddpm { eps_coef: 0.3, a: 0.99, sigma: 0.0 },
             guidance: Some(w),
             seed: 0,
             offset: 0,
