@@ -1,8 +1,8 @@
-//! The ops, one file per op family. Each public op is a method on
-//! [`Tensor`](crate::Tensor) that checks its operands, then runs the CPU
-//! kernel of its file on the host or the backend's kernel on a device; each
-//! fast CPU kernel has a naive `*_reference` next to it that its tests
-//! compare against (and the device kernels are tested against too).
+//! The ops, one file per op family (conv2d, the largest, is a folder of them).
+//! Each public op is a method on [`Tensor`](crate::Tensor) that checks its
+//! operands, then runs the CPU kernel of its file on the host or the backend's
+//! kernel on a device; each fast CPU kernel has a naive `*_reference` next to it
+//! that its tests compare against (and the device kernels are tested against too).
 
 mod binary;
 mod conv2d;

@@ -49,11 +49,15 @@
 //! masks keep a sample's taps from reading its neighbour.
 //!
 //! `DDPM_CONV=gemm` in the environment turns this module off, to compare.
+//!
+//! Compiled on x86-64 only; elsewhere `no_direct.rs` stands in for it.
 
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::{flat_shift, side_by_side, split_side_by_side, sum_partials, Addends, Geometry, Plan};
+use super::geometry::{flat_shift, Geometry};
+use super::plan::{side_by_side, split_side_by_side, sum_partials, Plan};
+use super::Addends;
 use crate::pool;
 
 /// Positions in one vector register.
