@@ -17,13 +17,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 use ddpm::data::{locate, Split, TEST_IMAGES, TEST_LABELS};
+use ddpm::picture;
 use ddpm::rng::{stream, Stream};
 use ddpm::sampler::Method;
 use ddpm::{Pipeline, Sampling, Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
 use ddpm_tensor::Device;
 
-use crate::picture;
 use crate::sample::sample_with_bar;
 
 #[derive(Args)]
@@ -86,10 +86,10 @@ fn section_1(schedule: &Schedule, x0: &Tensor, label: usize, out: &Path, seed: u
     let e = Tensor::randn(x0.shape().clone(), &mut stream(seed, Stream::Sample, 0));
     let mut frames = vec![];
     for &t in &ts {
-        frames.push(schedule.q_sample(x0, &[t], &e)?.clamp(-1.0, 1.0)?.to_vec());
+        frames.push(schedule.q_sample(x0, &[t], &e)?.clamp(-1.0, 1.0)?);
     }
     let path = out.join("noising.png");
-    picture::strip_png(&path, &frames, 1, 28, 28, 3)?;
+    picture::strip_png(&path, &frames, 3)?;
     println!("\na test digit (a {label}) at t = 0, 100, ..., 900, 999, one noise draw: {}", path.display());
     println!("by t = 999, abar_t = {:.4}: almost nothing of the digit is left.", schedule.abar(999));
     Ok(())
@@ -210,10 +210,10 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
         let raw = draw_raw(&pipeline, &sampling)?;
         let path = out.join(name);
         let shown = raw.clamp(-1.0, 1.0)?;
-        picture::grid_png(&path, shown.as_slice(), n, 28, 28, 10, 3)?;
+        picture::grid_png(&path, &shown, 10, 3)?;
         results.push((name.trim_end_matches(".png"), raw, path));
     }
-    picture::grid_png(&results[0].2, results[0].1.as_slice(), n, 28, 28, 10, 3)?;
+    picture::grid_png(&results[0].2, &results[0].1, 10, 3)?;
     println!("\nthe same x_T and model ({}), all T = 1000 steps each:\n", checkpoint.display());
     println!("{:<18} {:>7} {:>7} {:>8} {:>22}", "", "mean", "std", "max |x|", "same digit, other x_T");
     for (name, raw, path) in &results {
@@ -272,10 +272,10 @@ fn second_loop(pipeline: &Pipeline, out: &Path, n: usize, seed: u64) -> Result<(
             println!("{:>9} (x has overflowed f32: infinities, then NaN)", "");
             break;
         }
-        shown.push(frame.narrow(0, 0, 10)?.clamp(-1.0, 1.0)?.to_vec());
+        shown.push(frame.narrow(0, 0, 10)?.clamp(-1.0, 1.0)?);
     }
     let path = out.join("lecture_jump.png");
-    picture::strip_png(&path, &shown, 10, 28, 28, 2)?;
+    picture::strip_png(&path, &shown, 2)?;
     println!(
         "\nwhy it fails: each step is the network's estimate of x_0 from x taken as x_t, in one jump (the closed form\n\
          x_t = abar_t x_0 + bbar_t e turned round), and it hands that estimate on as if it were x at the next, noisier\n\

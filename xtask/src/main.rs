@@ -18,11 +18,9 @@ mod download;
 mod eval;
 mod lecture;
 mod npy;
-mod picture;
+mod plot;
 mod sample;
 mod test;
-#[cfg(test)]
-mod testing;
 mod train;
 
 #[derive(Parser)]

@@ -8,8 +8,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use ddpm::picture;
 use ddpm::sampler::Method;
 use ddpm::{Pipeline, Samples, Sampling};
 use ddpm_autograd::Tensor;
@@ -17,7 +18,7 @@ use ddpm_nn::Module;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{resolve, DeviceArg};
-use crate::{npy, picture};
+use crate::npy;
 
 /// The reverse process, as `--sampler` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -222,23 +223,20 @@ pub fn run(args: SampleArgs) -> Result<()> {
     } else {
         (n as f64).sqrt().ceil() as usize
     });
-    picture::grid_png(&args.out, images.as_slice(), n, 28, 28, cols, 2)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    picture::grid_png(&args.out, &images, cols, 2)?;
     eprintln!("wrote {}", args.out.display());
     if let Some(path) = &args.npy {
         npy::write_f32(path, images.dims(), images.as_slice())?;
         eprintln!("wrote {} (float32 {:?})", path.display(), images.dims());
     }
     if let Some(path) = &args.gif {
-        let data: Vec<Vec<f32>> = frames.iter().map(Tensor::to_vec).collect();
-        picture::gif(path, &data, n, 28, 28, cols, 2, 8)?;
+        picture::gif(path, &frames, cols, 2, 8)?;
         eprintln!("wrote {} ({} frames)", path.display(), frames.len());
     }
     if let Some(path) = &args.strip {
         let rows = n.min(10);
-        let data: Vec<Vec<f32>> =
-            frames.iter().map(|f| f.narrow(0, 0, rows).map(|t| t.to_vec())).collect::<Result<_, _>>()?;
-        picture::strip_png(path, &data, rows, 28, 28, 2)?;
+        let chains = frames.iter().map(|f| f.narrow(0, 0, rows)).collect::<Result<Vec<_>, _>>()?;
+        picture::strip_png(path, &chains, 2)?;
         eprintln!("wrote {} ({rows} chains of {} frames)", path.display(), frames.len());
     }
     Ok(())

@@ -24,7 +24,7 @@ use clap::Args;
 use ddpm::data::{locate, Split, TRAIN_IMAGES, TRAIN_LABELS};
 use ddpm::fit::{MODEL_FILE as MODEL, STATE_FILE as STATE};
 use ddpm::train::{StepStats, TrainConfig, Trainer};
-use ddpm::ScheduleKind;
+use ddpm::{picture, ScheduleKind};
 use ddpm::{Fit, Pipeline, Sampling, Stop};
 use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -32,7 +32,7 @@ use serde_json::json;
 
 use crate::device::{resolve, DeviceArg};
 use crate::download::Dataset;
-use crate::picture;
+use crate::plot;
 use crate::sample::sample_with_bar;
 
 /// The settings that define a run are options: on `--resume` the saved run's
@@ -211,7 +211,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     eprintln!("drawing {} samples ({}) for samples.png", args.grid, sampling.describe());
     let images = sample_with_bar(&pipeline, &sampling, true)?.images;
     let cols = if config.classes > 0 { config.classes } else { (args.grid as f64).sqrt().ceil() as usize };
-    picture::grid_png(&out.join("samples.png"), images.as_slice(), args.grid, 28, 28, cols.max(1), 2)?;
+    picture::grid_png(&out.join("samples.png"), &images, cols.max(1), 2)?;
     eprintln!(
         "wrote {}/{{{MODEL}, {STATE}, {LOG}, samples.png, loss.png}}\nsample more with: cargo xtask sample --checkpoint {}",
         out.display(),
@@ -391,7 +391,7 @@ pub fn plot_loss(log: &Path, png: &Path) -> Result<()> {
         .map(|w| (w[w.len() - 1].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64))
         .collect();
     let label = format!("mean of {window} steps");
-    picture::line_plot_png(
+    plot::line_plot_png(
         png,
         &[("loss per step", &points), (&label, &smoothed)],
         "training loss (epsilon MSE)",

@@ -12,7 +12,8 @@
 //! - [`rng`]: the seeded random streams that make a resumed run exact.
 //! - [`sampler`]: DDPM ancestral sampling, DDIM, classifier-free guidance, and
 //!   where the lecture's sampling formula differs from the paper's;
-//!   [`pipeline`]: a checkpoint in, images out, as `cargo xtask sample` does.
+//!   [`pipeline`]: a checkpoint in, images out, as `cargo xtask sample` does;
+//!   [`picture`]: those images as a PNG grid, a GIF of the chain, a strip.
 //! - [`eval`]: judging generated digits: an MNIST classifier, the Fréchet
 //!   distance of its features (FLD), accuracy as asked, class balance.
 
@@ -21,6 +22,7 @@ pub mod device;
 pub mod eval;
 pub mod fit;
 pub mod loss;
+pub mod picture;
 pub mod pipeline;
 pub mod rng;
 pub mod sampler;
