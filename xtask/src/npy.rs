@@ -427,7 +427,6 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::TempDir;
 
     /// A hand-built file: v1.0 preamble, the given dict padded to 64, then `data`.
     fn build(dict: &str, data: &[u8]) -> Vec<u8> {
@@ -454,11 +453,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_header_alignment() {
-        let dir = TempDir::new("npy-round");
+        let dir = tempfile::tempdir().unwrap();
         for shape in [vec![], vec![5], vec![2, 3], vec![16, 1, 28, 28], vec![0, 4]] {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.25).collect();
-            let path = dir.0.join("a.npy");
+            let path = dir.path().join("a.npy");
             write_f32(&path, &shape, &data).unwrap();
             let bytes = fs::read(&path).unwrap();
             let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
@@ -470,7 +469,7 @@ mod tests {
             assert_eq!(d, data);
         }
         // Nothing but the file itself is left behind: no temporaries.
-        let names: Vec<_> = fs::read_dir(&dir.0).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("a.npy")]);
     }
 
@@ -487,11 +486,11 @@ mod tests {
 
     #[test]
     fn write_refuses_shape_mismatch_and_leaves_nothing() {
-        let dir = TempDir::new("npy-mismatch");
-        let path = dir.0.join("b.npy");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.npy");
         let err = write_f32(&path, &[2, 2], &[1.0; 3]).unwrap_err().to_string();
         assert!(err.contains("b.npy") && err.contains("does not match"), "{err}");
-        assert_eq!(fs::read_dir(&dir.0).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
@@ -564,14 +563,14 @@ mod tests {
 
     #[test]
     fn errors_name_the_file() {
-        let dir = TempDir::new("npy-names");
-        let path = dir.0.join("broken.npy");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broken.npy");
         fs::write(&path, b"hello world").unwrap();
         let err = read_f32(&path).unwrap_err().to_string();
         assert!(err.contains("broken.npy") && err.contains("bad magic") && !err.contains('\n'), "{err}");
         let err = read_labels(&path).unwrap_err().to_string();
         assert!(err.contains("broken.npy"), "{err}");
-        let err = read_f32(&dir.0.join("missing.npy")).unwrap_err();
+        let err = read_f32(&dir.path().join("missing.npy")).unwrap_err();
         assert!(format!("{err:#}").contains("missing.npy"));
     }
 
