@@ -291,4 +291,53 @@ mod tests {
         assert_eq!(ddim_timesteps(1000, 3), vec![666, 333, 0]);
         assert_eq!(ddim_timesteps(1000, 50)[0], 980);
     }
+
+    /// One element's step, x' from x, the noise estimate e and fresh noise z.
+    fn step(update: Update, x: f32, e: f32, z: f32) -> f64 {
+        update.apply(x, e, z) as f64
+    }
+
+    const TS: [usize; 6] = [0, 1, 10, 100, 500, 999];
+
+    /// The paper's step in the lecture's names, term by term.
+    #[test]
+    fn the_ddpm_update_is_the_formula_in_the_lecture_names() {
+        let s = Schedule::new(crate::ScheduleKind::Linear, 1000);
+        let (x, e, z) = (0.3f32, -1.2f32, 0.7f32);
+        for t in TS {
+            let (a, b, bbar) = (s.a(t), s.b(t), s.bbar(t));
+            let noise = if t > 0 { b * z as f64 } else { 0.0 };
+            let want = (x as f64 - b * b / bbar * e as f64) / a + noise;
+            let got = step(ddpm_update(&s, t), x, e, z);
+            assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "t = {t}: {got} against {want}");
+        }
+    }
+
+    /// x_{t-1} = (x_t - b_t e) / a_t, with no noise whatever z is.
+    #[test]
+    fn the_lecture_update_is_its_literal_formula() {
+        let s = Schedule::new(crate::ScheduleKind::Linear, 1000);
+        let (x, e) = (0.3f32, -1.2f32);
+        for t in TS {
+            let want = (x as f64 - s.b(t) * e as f64) / s.a(t);
+            for z in [0.0, 5.0] {
+                let got = step(lecture_update(&s, t), x, e, z);
+                assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "t = {t}, z = {z}: {got} against {want}");
+            }
+        }
+    }
+
+    /// Each step of the second loop inverts the closed form: given the true
+    /// noise of x_t = abar_t x_0 + bbar_t e, it gives x_0 back.
+    #[test]
+    fn the_lecture_jump_inverts_the_closed_form() {
+        let s = Schedule::new(crate::ScheduleKind::Linear, 1000);
+        let (x0, e) = (0.8f64, -0.6f64);
+        for t in TS {
+            let x_t = s.abar(t) * x0 + s.bbar(t) * e;
+            let got = step(lecture_jump_update(&s, t), x_t as f32, e as f32, 3.0);
+            // f32 rounding of x_t, divided by abar_t (about 0.006 at t = 999).
+            assert!((got - x0).abs() < 1e-6 / s.abar(t), "t = {t}: {got} against x_0 = {x0}");
+        }
+    }
 }

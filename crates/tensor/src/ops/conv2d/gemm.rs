@@ -1,7 +1,7 @@
 //! im2col + GEMM: every convolution that the direct kernels don't take (stride 2,
 //! kernels other than 3x3 and 1x1, the weight gradients they leave, and every
-//! convolution on a CPU without AVX-512), as the module doc's three products of
-//! weight, cols and d_out. [`forward`], [`backward_input`] and [`backward_weight`]
+//! convolution on a CPU without AVX-512), as the module doc's products of weight,
+//! cols and d_out (y, d_cols and d_weight; d_bias is a plain sum, in `backward.rs`). [`forward`], [`backward_input`] and [`backward_weight`]
 //! take checked host slices; the entry points in `mod.rs` and `backward.rs` call them.
 
 use std::ops::Range;

@@ -37,7 +37,9 @@
 //!
 //! Parallelism: the batch is split into a few contiguous runs of samples, one rayon
 //! task each. A task allocates its cols buffer once and calls the single-threaded
-//! GEMM once per sample; the weight gradient is summed per task, then across tasks.
+//! GEMM once per sample, or, where a sample's plane is small, once per group of
+//! samples laid side by side (`plan.rs`); the weight gradient is summed per task,
+//! then across tasks.
 //!
 //! # Where each part lives
 //!
