@@ -1,8 +1,11 @@
 //! Every kernel module compiles with NVRTC for compute_90, and the PTX
 //! assembles for sm_90 with ptxas: a real check of the CUDA sources on a
-//! machine with no GPU. `cargo xtask test` (and so CI) installs NVRTC and
-//! ptxas from their wheels and sets DDPM_REQUIRE_NVRTC, which turns a missing
-//! compiler into a failure instead of a skip.
+//! machine with no GPU. Every `kernels/*.cu` also compiles on its own with
+//! nvcc (`nvcc -I kernels -arch=sm_90 -ptx`), as a CUDA programmer would
+//! build it, and that PTX assembles too. `cargo xtask test` (and so CI)
+//! installs NVRTC, nvcc and ptxas from their wheels and sets
+//! DDPM_REQUIRE_NVRTC and DDPM_NVCC, which turn a missing compiler into a
+//! failure instead of a skip.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +22,10 @@ fn wheels() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cuda-wheels/nvidia/cu13")
 }
 
+fn kernels_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels")
+}
+
 /// ptxas from DDPM_PTXAS, else the wheel folder `cargo xtask test` fills.
 fn ptxas() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("DDPM_PTXAS") {
@@ -26,6 +33,23 @@ fn ptxas() -> Option<PathBuf> {
     }
     let wheel = wheels().join("bin/ptxas");
     wheel.exists().then_some(wheel)
+}
+
+/// nvcc from DDPM_NVCC (then it must work), else the wheel folder's when it
+/// holds everything nvcc needs (cicc from nvidia-nvvm, the headers of
+/// nvidia-cuda-runtime and nvidia-cuda-crt); an error says why not.
+fn nvcc() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("DDPM_NVCC") {
+        return Ok(PathBuf::from(p));
+    }
+    let w = wheels();
+    let needs = ["bin/nvcc", "nvvm/bin/cicc", "include/cuda_runtime.h", "include/crt/host_config.h"];
+    match needs.iter().find(|n| !w.join(n).exists()) {
+        None => Ok(w.join("bin/nvcc")),
+        Some(n) => {
+            Err(format!("{} not found (DDPM_NVCC unset); `cargo xtask test` installs nvcc", w.join(n).display()))
+        }
+    }
 }
 
 /// Assembles `ptx` for sm_90 with ptxas; panics with its log if it fails.
@@ -66,6 +90,45 @@ fn every_kernel_compiles_with_nvrtc_and_assembles_for_sm_90() {
         let file = dir.join(format!("{}.ptx", m.name()));
         std::fs::write(&file, &ptx).unwrap();
         assemble(ptxas, &file, m.file);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Each file as it is on disk, by nvcc with only `-I kernels`: its own
+/// `#include` lines must bring everything it uses.
+#[test]
+fn every_kernel_file_compiles_on_its_own_with_nvcc_and_assembles_for_sm_90() {
+    let nvcc = match nvcc() {
+        Ok(nvcc) => nvcc,
+        Err(why) => {
+            assert!(!required(), "DDPM_REQUIRE_NVRTC is set but nvcc is missing: {why}");
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let ptxas = ptxas().expect("ptxas not found beside nvcc (set DDPM_PTXAS)");
+    let kernels = kernels_dir();
+    let dir = temp_dir("nvcc");
+    for m in MODULES {
+        let ptx = dir.join(format!("{}.ptx", m.name()));
+        let out = Command::new(&nvcc)
+            .arg("-I")
+            .arg(&kernels)
+            .args(["-arch=sm_90", "-ptx"])
+            .arg(kernels.join(m.file))
+            .arg("-o")
+            .arg(&ptx)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", nvcc.display()));
+        assert!(
+            out.status.success(),
+            "nvcc -I kernels -arch=sm_90 -ptx kernels/{} failed:\n{}{}",
+            m.file,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_entries(m, &std::fs::read_to_string(&ptx).unwrap(), "nvcc");
+        assemble(&ptxas, &ptx, &format!("nvcc's PTX of {}", m.file));
     }
     std::fs::remove_dir_all(&dir).ok();
 }
