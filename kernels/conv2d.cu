@@ -13,9 +13,11 @@
 // The *_naive kernels compute the same sums one output per thread: the
 // reference the tiled ones are tested against (on the GPU and in emulation).
 //
-// The tiled GEMM is gemm.cuh's, compiled in front of this file. Launch
+// The tiled GEMM is gemm.cuh's (included below). Launch
 // (crates/cuda/src/launch.rs): tiled kernels take 256 threads and a grid of
 // (ceil(columns / 64), ceil(rows / 64)); naive ones one thread per output.
+
+#include "gemm.cuh"
 
 struct Conv {
     int n, c, h, w;     // input

@@ -2,6 +2,8 @@
 // thread per output element (launch::elementwise(n)) unless said otherwise.
 // The formulas are those of the CPU arms in crates/tensor/src/ops/*.rs.
 
+#include "philox.cuh"
+
 static __device__ __forceinline__ long long global_index() {
     return (long long)blockIdx.x * blockDim.x + threadIdx.x;
 }

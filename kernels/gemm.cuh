@@ -1,12 +1,13 @@
 // gemm.cuh: the tiled matrix product that conv2d.cu and matmul.cu build on.
-// NVRTC has no include path here, so crates/cuda/src/source.rs compiles it in
-// front of each file that uses it (and the emulation does the same).
+// Each of them includes it; crates/cuda/src/source.rs hands it to NVRTC.
 //
 // The tiled GEMM: C[m, j] = sum_l A(m, l) * B(l, j), M x N x L, where the
 // operands are functors. A 64 x 64 tile of C per block of 256 threads, 4 x 4
 // outputs per thread (rows ty + 16 i, columns tx + 16 j, so that neighbouring
 // threads read neighbouring shared-memory words), and the reduction in slices
 // of 16 staged through shared memory.
+
+#pragma once
 
 #define TILE 64
 #define SLICE 16

@@ -3,8 +3,10 @@
 // with op(X) = X or X^T as the flags say, A[b] at b * stride_a and B[b] at
 // b * stride_b (0 for a weight shared by every batch item), C's batches
 // contiguous. blockIdx.z is the batch item.
-// The tiled GEMM is gemm.cuh's, compiled in front of this file; launch as
+// The tiled GEMM is gemm.cuh's (included below); launch as
 // launch::tiled_gemm(M, N, batch).
+
+#include "gemm.cuh"
 
 struct MatA {
     const float* a; int m, k, transposed; long long stride;

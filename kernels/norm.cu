@@ -2,7 +2,9 @@
 // (the U-Net's "norm, then activation", fused as on the CPU; see
 // crates/tensor/src/ops/group_norm.rs for the formulas). One block of 256
 // threads per (sample, group): launch::per_row(N * G). block_sum comes from
-// reduce.cuh, compiled in front of this file.
+// reduce.cuh.
+
+#include "reduce.cuh"
 
 static __device__ __forceinline__ float sigmoidf(float z) { return 1.0f / (1.0f + expf(-z)); }
 

@@ -5,6 +5,8 @@
 // the same function as crates/tensor/src/philox.rs on the CPU (normals use
 // its first two words; uniforms, all four, below).
 
+#pragma once
+
 static __device__ __forceinline__ uint4 philox4x32_10(uint4 ctr, uint2 key) {
     const unsigned int M0 = 0xD2511F53u, M1 = 0xCD9E8D57u, W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
     for (int round = 0; round < 10; ++round) {

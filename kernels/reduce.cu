@@ -1,7 +1,8 @@
 // reduce.cu: sums over axes, and the global norm of many buffers, both
 // accumulated in double in a fixed order, so that a result is the same from
-// run to run (no atomics). block_sum_f64 comes from reduce.cuh, compiled in
-// front of this file.
+// run to run (no atomics). block_sum_f64 comes from reduce.cuh.
+
+#include "reduce.cuh"
 
 // The offset sum_k i_k s_k of index q unravelled over e0 x e1 x e2 x e3 (e3
 // fastest; e0 is whatever q / (e1 e2 e3) leaves), in T: 32-bit when the index space fits, since

@@ -1,6 +1,7 @@
 // reduce.cuh: the block-wide sums that norm.cu, softmax.cu and reduce.cu
-// build on. Compiled in front of the files that list it as a prelude
-// (crates/cuda/src/source.rs).
+// build on (each includes it; crates/cuda/src/source.rs hands it to NVRTC).
+
+#pragma once
 
 #define BLOCK 256
 

@@ -1,7 +1,7 @@
 // sampling.cu: counter-based noise (Philox4x32-10) and the fused update of
 // one sampling step, DDPM or DDIM, with classifier-free guidance.
 //
-// Noise comes from philox.cuh (compiled in front of this file): the CPU
+// Noise comes from philox.cuh: the CPU
 // computes the same function (crates/tensor/src/philox.rs), so a seed gives
 // the same noise, and the same samples, on both devices.
 //
@@ -10,6 +10,8 @@
 //   guidance   e   = (1 + w) e(x, t, y) - w e(x, t, null)     (eps holds both halves)
 //   DDPM       x'  = (x - eps_coef e) / sqrt_a + sigma z
 //   DDIM       x0  = (x - sqrt(1 - ab) e) / sqrt(ab),  x' = sqrt(ab_prev) x0 + dir e + sigma z   (in f64)
+
+#include "philox.cuh"
 
 // The raw Philox words, four per counter: for the known-answer test.
 extern "C" __global__ void philox4x32_10_u32(unsigned int* out, const unsigned int* ctr_key, int count) {

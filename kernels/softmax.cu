@@ -1,11 +1,13 @@
 // softmax.cu: softmax and log-softmax over each row of a [rows, cols]
 // matrix (attention's weights; a classifier's log-probabilities), and their
 // gradients; out of place. One block of 256 threads per row
-// (launch::per_row(rows)). block_reduce and block_sum come from reduce.cuh,
-// compiled in front of this file. The formulas are ops/softmax.rs's:
+// (launch::per_row(rows)). block_reduce and block_sum come from reduce.cuh.
+// The formulas are ops/softmax.rs's:
 //   softmax      y_i = exp(x_i - m) / sum_j exp(x_j - m),  m = max_j x_j
 //   log-softmax  y_i = x_i - m - log sum_j exp(x_j - m)
 //   gradients    softmax: dx = y (g - sum_j g_j y_j);  log-softmax: dx = g - exp(y) sum_j g_j
+
+#include "reduce.cuh"
 
 struct Max {
     __device__ float operator()(float a, float b) const { return fmaxf(a, b); }

@@ -1,6 +1,11 @@
 // cuda_emu.h: compiles the project's kernels/*.cu as plain C++ for the CPU, so
 // that their logic is tested on machines without a GPU (CI has none).
 //
+// It stands in for what nvcc gives every .cu implicitly (cuda_runtime.h and
+// the device built-ins): crates/kernel-emu/build.rs includes it, then the
+// .cu, whose own #include lines bring the shared headers (gemm.cuh and the
+// like), so the files need nothing emulation-specific.
+//
 // The model is the one nvcc's old device emulation used:
 // - a launch runs its blocks one after another; the threads of a block are
 //   fibers on one OS thread, and __syncthreads switches to the next fiber,
