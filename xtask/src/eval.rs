@@ -45,6 +45,7 @@ use rand::SeedableRng;
 use serde_json::{json, Value};
 
 use crate::device::{resolve, DeviceArg};
+use crate::download::Dataset;
 use crate::npy;
 use crate::sample::{sample_with_bar, sampling_from_flags, SamplerArg};
 
@@ -77,12 +78,18 @@ pub struct EvalArgs {
     /// Seed of the sampling noise.
     #[arg(long, default_value_t = 0, conflicts_with = "samples")]
     seed: u64,
-    /// Folder with the MNIST files, both splits (else $DDPM_DATA, else data/mnist/).
+    /// The data set the model learnt: the classifier is trained on its training
+    /// split, and the FLD compares with its t10k split.
+    #[arg(long, value_enum, default_value_t = Dataset::Mnist)]
+    dataset: Dataset,
+    /// Folder with the data set's files, both splits (else $DDPM_DATA, else
+    /// data/<dataset>/, else /usr/share/datasets/<dataset>/).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// The classifier's weights: read if the file exists, else trained and written there.
-    #[arg(long, default_value = "runs/classifier/lenet.safetensors")]
-    classifier: PathBuf,
+    /// The classifier's weights: read if the file exists, else trained and written there
+    /// [default: runs/classifier/lenet.safetensors for MNIST, runs/classifier-<dataset>/ for others].
+    #[arg(long)]
+    classifier: Option<PathBuf>,
     /// Train the classifier again (and overwrite --classifier) even if the file exists.
     #[arg(long)]
     retrain: bool,
@@ -125,7 +132,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let source = open_source(&args, device)?;
     let n = source.len(args.n);
     let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
-    let data_dir = locate("mnist", args.data_dir.as_deref(), env.as_deref())?;
+    let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;
     let train = Split::load(&data_dir, TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = Split::load(&data_dir, TEST_IMAGES, TEST_LABELS)?;
     let floor_n = args.floor_n.unwrap_or(n.min(train.len()));
@@ -177,7 +184,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     // The report.
     println!(
         "classifier {}: t10k accuracy {:.2}% ({} digits), mean confidence {:.3}",
-        args.classifier.display(),
+        classifier_path(&args).display(),
         100.0 * test_accuracy,
         test.len(),
         test_out.mean_confidence()
@@ -202,9 +209,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         Source::File { path, labels, .. } => json!({"samples": path, "labels": labels.as_ref().map(|(p, _)| p)}),
     };
     let report = json!({
+        "dataset": args.dataset.name(),
         "data": data_dir,
         "classifier": {
-            "path": args.classifier,
+            "path": classifier_path(&args),
             "t10k_accuracy": test_accuracy,
             "t10k_mean_confidence": test_out.mean_confidence(),
             "training": classifier_meta,
@@ -291,14 +299,32 @@ fn default_json_path(args: &EvalArgs, source: &Source) -> PathBuf {
     }
 }
 
+/// `--classifier`, or the data set's default cache.
+fn classifier_path(args: &EvalArgs) -> PathBuf {
+    args.classifier.clone().unwrap_or_else(|| match args.dataset {
+        Dataset::Mnist => PathBuf::from("runs/classifier/lenet.safetensors"),
+        other => PathBuf::from(format!("runs/classifier-{}/lenet.safetensors", other.name())),
+    })
+}
+
 /// The cached classifier, or a freshly trained one (then cached).
 fn classifier(args: &EvalArgs, train: &Split) -> Result<(Classifier, HashMap<String, String>)> {
-    let path = &args.classifier;
+    let path = &classifier_path(args);
+    let dataset = args.dataset.name();
     let config =
         ClassifierConfig { epochs: args.epochs.unwrap_or(ClassifierConfig::default().epochs), ..Default::default() };
     let train_images = args.train_limit.unwrap_or(train.len()).min(train.len());
     if path.exists() && !args.retrain {
         let (model, meta) = load_classifier(path)?;
+        // Files from before the data set was recorded were all MNIST's.
+        let learnt = meta.get("dataset").map_or("mnist", String::as_str);
+        if learnt != dataset {
+            bail!(
+                "{} is a classifier of {}, not of {dataset}; pass --classifier FILE (or --retrain to replace it)",
+                path.display(),
+                learnt.escape_debug()
+            );
+        }
         // Asked-for training settings that the cached file does not have would
         // be silently ignored: refuse instead.
         let asked = [("epochs", args.epochs, config.epochs), ("train_images", args.train_limit, train_images)];
@@ -341,7 +367,7 @@ fn classifier(args: &EvalArgs, train: &Split) -> Result<(Classifier, HashMap<Str
         bar.set_message(format!("epoch {} loss {smoothed:.4} lr {:.1e}", s.epoch + 1, s.lr));
     })?;
     bar.finish_and_clear();
-    save_classifier(path, &model, &config, data.len())?;
+    save_classifier(path, &model, &config, data.len(), dataset)?;
     let (_, meta) = load_classifier(path)?;
     eprintln!("wrote {} (final loss {smoothed:.4})", path.display());
     Ok((model, meta))

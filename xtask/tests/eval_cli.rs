@@ -73,6 +73,10 @@ fn real_digits_score_well_and_the_classifier_is_cached() {
 
     // Asking for other training settings than the cached file's is refused.
     assert_fails_with(&eval(&["--epochs", "2"]), "--retrain");
+    // So is judging another data set with it (here MNIST's files stand in for
+    // Fashion-MNIST's: the classifier's record says what it learnt).
+    assert_eq!(report["dataset"], "mnist");
+    assert_fails_with(&eval(&["--dataset", "fashion-mnist"]), "is a classifier of mnist, not of fashion-mnist");
 }
 
 #[test]

@@ -26,19 +26,21 @@ pub enum DataError {
     Truncated { path: PathBuf, expected: usize, found: usize },
     #[error("{}: {extra} bytes after the data the header describes", path.display())]
     TrailingBytes { path: PathBuf, extra: usize },
-    #[error("{}: label {label} at index {index} is not a digit 0-9", path.display())]
+    #[error("{}: label {label} at index {index} is not a class 0-9", path.display())]
     BadLabel { path: PathBuf, index: usize, label: u8 },
     #[error("{images} images but {labels} labels in {}", dir.display())]
     CountMismatch { dir: PathBuf, images: usize, labels: usize },
     #[error(
-        "no {dataset} data found: looked in --data-dir ({}), $DDPM_DATA ({}) and {}; \
-         run `cargo xtask data` to download it, or point --data-dir at a folder with {}",
+        "no {dataset} data found: looked in --data-dir ({}), $DDPM_DATA ({}), {} and {}; \
+         run `cargo xtask data --dataset {dataset}` to download it{}, or point --data-dir at a folder with {}",
         given.as_deref().map_or("not given".into(), |p| p.display().to_string()),
         env.as_deref().map_or("not set".into(), |p| p.display().to_string()),
         default.display(),
+        system.display(),
+        debian_package(dataset).map_or(String::new(), |p| format!(" or install it with `apt-get install {p}`")),
         TRAIN_IMAGES
     )]
-    NotFound { dataset: String, given: Option<PathBuf>, env: Option<PathBuf>, default: PathBuf },
+    NotFound { dataset: String, given: Option<PathBuf>, env: Option<PathBuf>, default: PathBuf, system: PathBuf },
 }
 
 pub const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
@@ -191,16 +193,36 @@ fn has_data(dir: &Path) -> bool {
     find_file(dir, TRAIN_IMAGES).exists()
 }
 
+/// Where Debian's data set packages put their files, one folder per data
+/// set (`apt-get install dataset-fashion-mnist` fills
+/// `/usr/share/datasets/fashion-mnist/`).
+pub const SYSTEM_DATA: &str = "/usr/share/datasets";
+
+/// The Debian package that installs `dataset` under [`SYSTEM_DATA`], if any.
+pub fn debian_package(dataset: &str) -> Option<&'static str> {
+    (dataset == "fashion-mnist").then_some("dataset-fashion-mnist")
+}
+
 /// The folder to read `dataset` from, in this order: `--data-dir`, then
-/// `$DDPM_DATA`, then `data/<dataset>/`; an error naming all three otherwise.
+/// `$DDPM_DATA`, then `data/<dataset>/`, then the system's
+/// [`SYSTEM_DATA`]`/<dataset>/`; an error naming all four otherwise (and the
+/// package that would install it).
 pub fn locate(dataset: &str, given: Option<&Path>, env: Option<&Path>) -> Result<PathBuf, DataError> {
+    locate_in(dataset, given, env, Path::new(SYSTEM_DATA))
+}
+
+/// [`locate`], with the system's folder of data sets at `system`.
+pub fn locate_in(dataset: &str, given: Option<&Path>, env: Option<&Path>, system: &Path) -> Result<PathBuf, DataError> {
     let default = PathBuf::from("data").join(dataset);
-    let found = [given, env, Some(default.as_path())].into_iter().flatten().find(|d| has_data(d));
+    let system = system.join(dataset);
+    let found =
+        [given, env, Some(default.as_path()), Some(system.as_path())].into_iter().flatten().find(|d| has_data(d));
     found.map(Path::to_path_buf).ok_or_else(|| DataError::NotFound {
         dataset: dataset.into(),
         given: given.map(Path::to_path_buf),
         env: env.map(Path::to_path_buf),
         default,
+        system,
     })
 }
 

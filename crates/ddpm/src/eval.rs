@@ -198,16 +198,19 @@ fn check_image_size(rows: usize, cols: usize) -> Result<(), EvalError> {
 const KIND: (&str, &str) = ("kind", "lenet-mnist-classifier");
 
 /// Writes the classifier's weights (names `conv1.weight` ... `fc2.bias`) with
-/// its training settings as metadata, atomically.
+/// its training settings and the data set it learnt (`dataset`, e.g. "mnist")
+/// as metadata, atomically.
 pub fn save_classifier(
     path: &Path,
     model: &Classifier,
     config: &ClassifierConfig,
     train_images: usize,
+    dataset: &str,
 ) -> Result<(), EvalError> {
     let tensors: Vec<(String, Tensor)> = model.named_params().into_iter().map(|(n, p)| (n, p.value())).collect();
     let metadata = HashMap::from([
         (KIND.0.to_string(), KIND.1.to_string()),
+        ("dataset".to_string(), dataset.to_string()),
         ("train_images".to_string(), train_images.to_string()),
         ("epochs".to_string(), config.epochs.to_string()),
         ("batch".to_string(), config.batch.to_string()),

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ddpm::data::{
-    locate, read_images, read_labels, Batches, Split, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+    locate_in, read_images, read_labels, Batches, Split, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
 };
 use flate2::{write::GzEncoder, Compression};
 
@@ -122,16 +122,27 @@ fn images_and_labels_must_agree_in_count() {
 }
 
 #[test]
-fn lookup_follows_flag_then_environment_then_default() {
-    let (tmp_a, tmp_b) = (temp_dir("lookup-a"), temp_dir("lookup-b"));
-    let (a, b) = (tmp_a.path(), tmp_b.path());
+fn lookup_follows_flag_then_environment_then_default_then_system() {
+    let (tmp_a, tmp_b, tmp_system) = (temp_dir("lookup-a"), temp_dir("lookup-b"), temp_dir("lookup-system"));
+    let (a, b, system) = (tmp_a.path(), tmp_b.path(), tmp_system.path());
     write(b, TRAIN_IMAGES, &idx_images(1, 1, 1, &[0]));
     // The flag wins when it holds data; otherwise the environment is next.
-    assert_eq!(locate("mnist", Some(b), None).unwrap(), b);
-    assert_eq!(locate("mnist", Some(a), Some(b)).unwrap(), b);
-    let e = locate("fashion-mnist", Some(a), None).unwrap_err().to_string();
+    assert_eq!(locate_in("mnist", Some(b), None, system).unwrap(), b);
+    assert_eq!(locate_in("mnist", Some(a), Some(b), system).unwrap(), b);
+    // Nothing anywhere: every place is named, and how to get the data.
+    let e = locate_in("fashion-mnist", Some(a), None, system).unwrap_err().to_string();
     assert!(e.contains("--data-dir") && e.contains("$DDPM_DATA (not set)") && e.contains("data/fashion-mnist"), "{e}");
-    assert!(e.contains("cargo xtask data"), "{e}");
+    assert!(e.contains(&system.join("fashion-mnist").display().to_string()), "{e}");
+    assert!(e.contains("cargo xtask data --dataset fashion-mnist"), "{e}");
+    assert!(e.contains("apt-get install dataset-fashion-mnist"), "{e}");
+    let e = locate_in("mnist", Some(a), None, system).unwrap_err().to_string();
+    assert!(!e.contains("apt-get"), "no package is named where there is none: {e}");
+    // Last, the system's folder of data sets (where Debian's package puts it).
+    let installed = system.join("fashion-mnist");
+    std::fs::create_dir(&installed).unwrap();
+    write(&installed, TRAIN_IMAGES, &idx_images(1, 1, 1, &[0]));
+    assert_eq!(locate_in("fashion-mnist", Some(a), None, system).unwrap(), installed);
+    assert_eq!(locate_in("fashion-mnist", Some(b), None, system).unwrap(), b, "the flag still comes first");
 }
 
 #[test]

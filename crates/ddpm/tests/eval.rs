@@ -329,7 +329,7 @@ fn classifier_training_reduces_its_loss() {
     // else is refused by name.
     let tmp = tempfile::Builder::new().prefix("ddpm-eval-").tempdir().unwrap();
     let path = tmp.path().join("classifier.safetensors");
-    save_classifier(&path, &model, &config, train.len()).unwrap();
+    save_classifier(&path, &model, &config, train.len(), "mnist").unwrap();
     let (loaded, metadata) = load_classifier(&path).unwrap();
     assert_eq!(metadata["train_images"], "2000");
     assert_eq!(classify(&loaded, &x).unwrap().probs, outputs.probs);
