@@ -8,13 +8,19 @@
 //!
 //! - **Checksums, not trust.** Mirrors come and go and some serve error pages
 //!   with status 200; every file is checked against the md5 of the original
-//!   (the values torchvision lists) and its known size. A file that does not
-//!   match is thrown away and the next mirror is tried.
+//!   (the values torchvision lists) or, where it is known, the md5 and size of
+//!   its decompressed contents, so that another gzip of the same bytes
+//!   (Debian's dataset-fashion-mnist re-compresses the files) is accepted and
+//!   a corrupted one is not. A file that does not match is thrown away and the
+//!   next mirror is tried.
+//! - **The system's copy first.** Without `--out`, a data set installed in
+//!   /usr/share/datasets/<dataset> whose every file verifies is used where it
+//!   is: training looks there too (`ddpm::data::locate`).
 //! - **No half-written files.** Each download streams into `DIR/.<name>.part`,
 //!   hashing as it goes, and is renamed onto `DIR/<name>` only once it is
 //!   complete and verified, so an interrupted or failed run never leaves a
-//!   file that later looks like data. A file already present with the right
-//!   md5 is kept and not fetched again.
+//!   file that later looks like data. A file already present that verifies is
+//!   kept and not fetched again.
 //! - **One clear line when it fails**, naming the file and what each mirror
 //!   did; when no mirror could be reached at all it says how to do without
 //!   the network (`--data-dir DIR` or `$DDPM_DATA`, the lookup order of
@@ -32,7 +38,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ddpm::data::{read_images, read_labels, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS};
+use ddpm::data::{
+    debian_package, read_images, read_labels, SYSTEM_DATA, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use md5::{Digest, Md5};
 
@@ -61,22 +69,82 @@ struct Known {
     md5: &'static str,
     /// Size of the original `.gz` file in bytes.
     size: u64,
+    /// md5 and size of the decompressed contents (the IDX bytes), where known.
+    contents: Option<Contents>,
 }
 
-/// MNIST's four files (md5 as listed by torchvision).
+const fn contents(md5: &'static str, size: u64) -> Option<Contents> {
+    Some(Contents { md5, size })
+}
+
+/// MNIST's four files (md5 as listed by torchvision). The contents' md5 is
+/// known for the test split (the copy in shared/data/mnist is the original
+/// file); of the training split only the original `.gz` files' md5 is known
+/// here, so those two must be the original files.
 const MNIST: [Known; 4] = [
-    Known { split: SplitName::Train, stem: TRAIN_IMAGES, md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873", size: 9_912_422 },
-    Known { split: SplitName::Train, stem: TRAIN_LABELS, md5: "d53e105ee54ea40749a09fcbcd1e9432", size: 28_881 },
-    Known { split: SplitName::Test, stem: TEST_IMAGES, md5: "9fb629c4189551a2d022fa330f9573f3", size: 1_648_877 },
-    Known { split: SplitName::Test, stem: TEST_LABELS, md5: "ec29112dd5afa0611ce80d1b7f02629c", size: 4_542 },
+    Known {
+        split: SplitName::Train,
+        stem: TRAIN_IMAGES,
+        md5: "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        size: 9_912_422,
+        contents: None,
+    },
+    Known {
+        split: SplitName::Train,
+        stem: TRAIN_LABELS,
+        md5: "d53e105ee54ea40749a09fcbcd1e9432",
+        size: 28_881,
+        contents: None,
+    },
+    Known {
+        split: SplitName::Test,
+        stem: TEST_IMAGES,
+        md5: "9fb629c4189551a2d022fa330f9573f3",
+        size: 1_648_877,
+        contents: contents("2646ac647ad5339dbf082846283269ea", 7_840_016),
+    },
+    Known {
+        split: SplitName::Test,
+        stem: TEST_LABELS,
+        md5: "ec29112dd5afa0611ce80d1b7f02629c",
+        size: 4_542,
+        contents: contents("27ae3e4e09519cfbb04c329615203637", 10_008),
+    },
 ];
 
-/// Fashion-MNIST's four files (md5 as listed by torchvision and the data set's README).
+/// Fashion-MNIST's four files (md5 as listed by torchvision and the data
+/// set's README), and their contents' md5 (taken from Debian's
+/// dataset-fashion-mnist, whose `.gz` files differ from the originals only in
+/// their gzip headers).
 const FASHION_MNIST: [Known; 4] = [
-    Known { split: SplitName::Train, stem: TRAIN_IMAGES, md5: "8d4fb7e6c68d591d4c3dfef9ec88bf0d", size: 26_421_880 },
-    Known { split: SplitName::Train, stem: TRAIN_LABELS, md5: "25c81989df183df01b3e8a0aad5dffbe", size: 29_515 },
-    Known { split: SplitName::Test, stem: TEST_IMAGES, md5: "bef4ecab320f06d8554ea6380940ec79", size: 4_422_102 },
-    Known { split: SplitName::Test, stem: TEST_LABELS, md5: "bb300cfdad3c16e7a12a480ee83cd310", size: 5_148 },
+    Known {
+        split: SplitName::Train,
+        stem: TRAIN_IMAGES,
+        md5: "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        size: 26_421_880,
+        contents: contents("f4a8712d7a061bf5bd6d2ca38dc4d50a", 47_040_016),
+    },
+    Known {
+        split: SplitName::Train,
+        stem: TRAIN_LABELS,
+        md5: "25c81989df183df01b3e8a0aad5dffbe",
+        size: 29_515,
+        contents: contents("9018921c3c673c538a1fc5bad174d6f9", 60_008),
+    },
+    Known {
+        split: SplitName::Test,
+        stem: TEST_IMAGES,
+        md5: "bef4ecab320f06d8554ea6380940ec79",
+        size: 4_422_102,
+        contents: contents("8181f5470baa50b63fa0f6fddb340f0a", 7_840_016),
+    },
+    Known {
+        split: SplitName::Test,
+        stem: TEST_LABELS,
+        md5: "bb300cfdad3c16e7a12a480ee83cd310",
+        size: 5_148,
+        contents: contents("15d484375f8d13e6eb1aabb0c3f46965", 10_008),
+    },
 ];
 
 impl Dataset {
@@ -110,21 +178,74 @@ impl Dataset {
         table
             .iter()
             .filter(|k| only.is_none_or(|s| s == k.split))
-            .map(|k| RemoteFile { name: format!("{}.gz", k.stem), md5: k.md5.into(), size: Some(k.size) })
+            .map(|k| RemoteFile {
+                name: format!("{}.gz", k.stem),
+                md5: k.md5.into(),
+                size: Some(k.size),
+                contents: k.contents,
+            })
             .collect()
     }
 }
 
 /// A file to download and what it must hash to.
+///
+/// A file is accepted when it is the original (its md5 is `md5`) or, where
+/// `contents` is known, when it decompresses, as one whole gzip stream with
+/// nothing after it, to the original contents: another gzip of the same
+/// bytes (Debian's packages re-compress the files) is as good as the
+/// original, and a corrupted one is refused either way.
 #[derive(Clone, Debug)]
 pub struct RemoteFile {
     /// Name on the mirror and in the output folder, e.g. `t10k-labels-idx1-ubyte.gz`.
     pub name: String,
-    /// Expected md5, lowercase hex.
+    /// md5 of the original `.gz` file, lowercase hex.
     pub md5: String,
-    /// Expected size in bytes, if known: a mirror announcing or sending more is
-    /// cut off early instead of being read to the end.
+    /// Size of the original `.gz` file in bytes, if known. Without known
+    /// contents it must be exact; with them, a mirror announcing or sending
+    /// more than any gzip of the contents could be is cut off early.
     pub size: Option<u64>,
+    /// The decompressed contents' md5 and size, if known.
+    pub contents: Option<Contents>,
+}
+
+/// What a `.gz` file must decompress to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Contents {
+    pub md5: &'static str,
+    pub size: u64,
+}
+
+impl RemoteFile {
+    /// The most bytes this file may have: the original's size if that is all
+    /// we know; with known contents, what a gzip of them can take at worst
+    /// (stored blocks: 5 bytes per 64 KiB, plus header and trailer).
+    fn max_size(&self) -> Option<u64> {
+        match (self.contents, self.size) {
+            (Some(c), _) => Some(c.size + c.size / 8192 + 1024),
+            (None, size) => size,
+        }
+    }
+
+    /// Checks the finished file at `path`, whose own md5 is `md5`: `Ok(how)`
+    /// if it is accepted, `Err(why)` if not.
+    fn verify(&self, path: &Path, md5: &str) -> io::Result<Result<&'static str, Failure>> {
+        if md5 == self.md5 {
+            return Ok(Ok("the original file"));
+        }
+        let Some(want) = self.contents else {
+            return Ok(Err(Failure::Checksum { got: md5.to_string(), expected: self.md5.clone() }));
+        };
+        Ok(match gzip_contents(path, want.size)? {
+            Err(why) => Err(Failure::Contents(why)),
+            Ok((got, size)) if got == want.md5 && size == want.size => Ok("the original contents"),
+            Ok((got, size)) => Err(Failure::Contents(format!(
+                "decompresses to {size} bytes with md5 {got}, expected {} bytes with md5 {} (or the original \
+                 file, md5 {})",
+                want.size, want.md5, self.md5
+            ))),
+        })
+    }
 }
 
 /// `cargo xtask data`: download and verify a data set.
@@ -148,25 +269,59 @@ pub struct DataArgs {
 
 /// Runs `cargo xtask data`: fetch (or find) the files, verify them, read them back.
 pub fn run(args: DataArgs) -> Result<()> {
+    run_with_system(args, Path::new(SYSTEM_DATA))
+}
+
+/// [`run`], with the system's folder of data sets at `system`: without
+/// `--out`, a data set installed there whose every file verifies is used
+/// where it is (training finds it there) instead of being downloaded.
+fn run_with_system(args: DataArgs, system: &Path) -> Result<()> {
     let dataset = args.dataset;
-    let dir = args.out.clone().unwrap_or_else(|| Path::new("data").join(dataset.name()));
-    let mirrors = if args.mirrors.is_empty() { dataset.mirrors() } else { args.mirrors.clone() };
+    let default = Path::new("data").join(dataset.name());
     let files = dataset.files(args.only);
+    let installed = system.join(dataset.name());
+    if args.out.is_none() && all_verify(&files, &installed) {
+        println!("{}: found in {}, every file verified", dataset.name(), installed.display());
+        read_back(&installed, args.only)?;
+        println!("done: training finds it there (after --data-dir, $DDPM_DATA and {})", default.display());
+        return Ok(());
+    }
+    let dir = args.out.clone().unwrap_or_else(|| default.clone());
+    let mirrors = if args.mirrors.is_empty() { dataset.mirrors() } else { args.mirrors.clone() };
     println!("{} into {}", dataset.name(), dir.display());
 
     if let Err(e) = fetch(&files, &mirrors, &dir, io::stderr().is_terminal()) {
         let offline = e.downcast_ref::<FetchError>().is_some_and(FetchError::all_unreachable);
-        if offline && dataset == Dataset::FashionMnist {
+        if let Some(package) = debian_package(dataset.name()).filter(|_| offline) {
             bail!(
-                "{e:#}; Fashion-MNIST is also packaged for Debian: \
-                 `apt-get install dataset-fashion-mnist` puts it in /usr/share/datasets/fashion-mnist"
+                "{e:#}; it is also packaged for Debian: `apt-get install {package}` puts it in {}",
+                installed.display()
             );
         }
         return Err(e);
     }
+    read_back(&dir, args.only)?;
+    if dir == default {
+        println!("done: training finds it in {} by default", dir.display());
+    } else {
+        println!("done: pass --data-dir {} (or set DDPM_DATA) to use it", dir.display());
+    }
+    Ok(())
+}
 
-    // The same reader training uses, as a last check that the bytes make sense.
-    let splits = match args.only {
+/// Whether every one of `files` is in `dir` and verifies (quietly: a folder
+/// that does not hold the data set is no error).
+fn all_verify(files: &[RemoteFile], dir: &Path) -> bool {
+    files.iter().all(|f| {
+        let path = dir.join(&f.name);
+        path.is_file() && file_md5(&path).is_ok_and(|md5| f.verify(&path, &md5).is_ok_and(|v| v.is_ok()))
+    })
+}
+
+/// Reads the files in `dir` back with the reader training uses, as a last
+/// check that the bytes make sense, and prints their counts.
+fn read_back(dir: &Path, only: Option<SplitName>) -> Result<()> {
+    let splits = match only {
         Some(split) => vec![split],
         None => vec![SplitName::Train, SplitName::Test],
     };
@@ -181,12 +336,6 @@ pub fn run(args: DataArgs) -> Result<()> {
             bail!("{what} split in {}: {} images but {} labels", dir.display(), images.count, labels.len());
         }
         println!("{what}: {} images of {}x{}, {} labels", images.count, images.rows, images.cols, labels.len());
-    }
-    let default = Path::new("data").join(dataset.name());
-    if dir == default {
-        println!("done: training finds it in {} by default", dir.display());
-    } else {
-        println!("done: pass --data-dir {} (or set DDPM_DATA) to use it", dir.display());
     }
     Ok(())
 }
@@ -262,13 +411,19 @@ enum Failure {
     Size(String),
     /// All bytes arrived but they are not the original file.
     Checksum { got: String, expected: String },
+    /// Not the original file, and its decompressed contents are not the original's.
+    Contents(String),
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Http(code, text) => write!(f, "HTTP {code} {text}"),
-            Failure::Unreachable(m) | Failure::Transport(m) | Failure::Body(m) | Failure::Size(m) => {
+            Failure::Unreachable(m)
+            | Failure::Transport(m)
+            | Failure::Body(m)
+            | Failure::Size(m)
+            | Failure::Contents(m) => {
                 write!(f, "{m}")
             }
             Failure::Checksum { got, expected } => write!(f, "checksum mismatch (got {got}, expected {expected})"),
@@ -292,20 +447,23 @@ fn fetch_one(
 ) -> Result<PathBuf> {
     let dest = dir.join(&file.name);
     if dest.is_file() {
-        let got = file_md5(&dest).with_context(|| format!("cannot read {}", dest.display()))?;
-        if got == file.md5 {
-            println!("{}: ok (already there)", file.name);
-            return Ok(dest);
+        let read = |e| anyhow::Error::new(e).context(format!("cannot read {}", dest.display()));
+        let md5 = file_md5(&dest).map_err(read)?;
+        match file.verify(&dest, &md5).map_err(read)? {
+            Ok(how) => {
+                println!("{}: ok (already there: {how})", file.name);
+                return Ok(dest);
+            }
+            Err(why) => println!("{}: present but {why}: downloading it again", file.name),
         }
-        println!("{}: present but its md5 is {got}, expected {}: downloading it again", file.name, file.md5);
     }
     let mut failures = Vec::new();
     for mirror in mirrors {
         let url = join_url(mirror, &file.name);
         println!("{}: fetching {url}", file.name);
         match download(agent, &url, file, dir, &dest, progress) {
-            Ok(bytes) => {
-                println!("{}: ok ({bytes} bytes, md5 {})", file.name, file.md5);
+            Ok((bytes, how)) => {
+                println!("{}: ok ({bytes} bytes, {how})", file.name);
                 return Ok(dest);
             }
             Err(Attempt::Local(e)) => return Err(e),
@@ -346,7 +504,8 @@ impl Drop for PartFile {
 }
 
 /// One attempt: streams `url` into `dir/.<name>.part` while hashing it, checks
-/// size and md5, and renames it onto `dest`. Returns the number of bytes.
+/// size and checksum ([`RemoteFile::verify`]), and renames it onto `dest`.
+/// Returns the number of bytes and what it was accepted as.
 fn download(
     agent: &ureq::Agent,
     url: &str,
@@ -354,7 +513,7 @@ fn download(
     dir: &Path,
     dest: &Path,
     progress: bool,
-) -> Result<u64, Attempt> {
+) -> Result<(u64, &'static str), Attempt> {
     // Created before the request, so an unwritable folder is reported as such
     // even without network.
     let mut part = PartFile { path: dir.join(format!(".{}.part", file.name)), done: false };
@@ -376,15 +535,20 @@ fn download(
         Err(e) => return Err(Attempt::Remote(transport_failure(&e))),
     };
     let announced = response.header("Content-Length").and_then(|v| v.trim().parse::<u64>().ok());
-    if let (Some(n), Some(size)) = (announced, file.size) {
-        if n != size {
+    let exact = if file.contents.is_none() { file.size } else { None };
+    match (announced, exact, file.max_size()) {
+        (Some(n), Some(size), _) if n != size => {
             return Err(Attempt::Remote(Failure::Size(format!("announces {n} bytes, expected {size}"))));
         }
+        (Some(n), _, Some(max)) if n > max => {
+            return Err(Attempt::Remote(Failure::Size(format!("announces {n} bytes, more than the {max} it can be"))));
+        }
+        _ => {}
     }
 
     let bar = progress_bar(progress, announced.or(file.size), &file.name);
-    // Read at most one byte more than expected: enough to tell that it is too long.
-    let limit = file.size.map_or(u64::MAX, |s| s + 1);
+    // Read at most one byte more than allowed: enough to tell that it is too long.
+    let limit = file.max_size().map_or(u64::MAX, |s| s + 1);
     let mut body = response.into_reader().take(limit);
     let mut out = BufWriter::new(out);
     let mut hasher = Md5::new();
@@ -410,20 +574,55 @@ fn download(
     out.sync_all().map_err(|e| local("cannot write", e))?;
     drop(out);
 
-    if let Some(size) = file.size {
+    if let Some(size) = exact {
         if total != size {
             let what =
                 if total > size { format!("more than the expected {size}") } else { format!("only {total} of {size}") };
             return Err(Attempt::Remote(Failure::Size(format!("sent {what} bytes"))));
         }
     }
-    let got = hex(&hasher.finalize());
-    if got != file.md5 {
-        return Err(Attempt::Remote(Failure::Checksum { got, expected: file.md5.clone() }));
+    if let Some(max) = file.max_size().filter(|&max| total > max) {
+        return Err(Attempt::Remote(Failure::Size(format!("sent more than the {max} bytes it can be"))));
     }
+    let md5 = hex(&hasher.finalize());
+    let how = match file.verify(&part.path, &md5).map_err(|e| local("cannot read", e))? {
+        Ok(how) => how,
+        Err(failure) => return Err(Attempt::Remote(failure)),
+    };
     fs::rename(&part.path, dest).map_err(|e| local(&format!("cannot move into place as {}:", dest.display()), e))?;
     part.done = true;
-    Ok(total)
+    Ok((total, how))
+}
+
+/// The md5 and size of what the gzip file at `path` decompresses to, reading
+/// at most `expected + 1` bytes of it; `Ok(Err(why))` if it is not one whole
+/// gzip stream with nothing after it. `Err` only for a file that cannot be read.
+fn gzip_contents(path: &Path, expected: u64) -> io::Result<Result<(String, u64), String>> {
+    let mut gz = flate2::bufread::GzDecoder::new(io::BufReader::new(File::open(path)?));
+    let mut hasher = Md5::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match gz.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+                if total > expected {
+                    return Ok(Err(format!("decompresses to more than the expected {expected} bytes")));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Ok(Err(format!("is not a whole gzip file ({e})"))),
+        }
+    }
+    // The decoder stops at the end of the first gzip member: anything after
+    // it (a second member, garbage) is not the original contents.
+    let mut rest = gz.into_inner();
+    if !io::BufRead::fill_buf(&mut rest)?.is_empty() {
+        return Ok(Err("has bytes after its gzip stream".to_string()));
+    }
+    Ok(Ok((hex(&hasher.finalize()), total)))
 }
 
 /// Sorts a transport error into "no connection" (likely offline) or other.
