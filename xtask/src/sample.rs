@@ -18,7 +18,8 @@ use ddpm_nn::Module;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{resolve, DeviceArg};
-use crate::npy;
+use crate::download::Dataset;
+use crate::{npy, plot};
 
 /// The reverse process, as `--sampler` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +82,13 @@ pub struct SampleArgs {
     /// Columns of the grid (default: 10 for digit-conditioned grids, else about sqrt(N)).
     #[arg(long)]
     cols: Option<usize>,
+    /// Each grid pixel is this many pixels square.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=16))]
+    scale: u8,
+    /// Name the grid's columns above them: the classes of a data set
+    /// (mnist, fashion-mnist), for a grid of one column per class.
+    #[arg(long, value_enum, value_name = "DATASET")]
+    class_names: Option<Dataset>,
 }
 
 /// The sampler the flags ask for, checked against the pipeline's model
@@ -192,6 +200,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
         (None, None) => pipeline.grid_labels(n),
     };
 
+    let cols = args.cols.unwrap_or(if labels.is_some() && args.digit.is_none() && args.labels.is_none() {
+        model.num_classes
+    } else {
+        (n as f64).sqrt().ceil() as usize
+    });
+    if args.class_names.is_some() && cols != 10 {
+        bail!("--class-names names 10 columns, one per class; this grid has {cols} (use --cols 10)");
+    }
+
     // Fail before the work, not after: every output's folder must exist.
     for path in [Some(&args.out), args.npy.as_ref(), args.gif.as_ref(), args.strip.as_ref()].into_iter().flatten() {
         let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
@@ -210,7 +227,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
         ddpm::device::describe(device)
     );
     let keep_frames = args.gif.is_some() || args.strip.is_some();
-    let has_labels = labels.is_some();
     let sampling = Sampling { n, labels, seed: args.seed, init_noise: init, keep_frames, ..settings };
     let started = std::time::Instant::now();
     let Samples { images, frames } = sample_with_bar(&pipeline, &sampling, true)?;
@@ -218,25 +234,29 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let evals = n * sampling.evaluations_per_image(pipeline.schedule());
     eprintln!("done in {secs:.1} s ({:.0} image-evaluations/s)", evals as f64 / secs);
 
-    let cols = args.cols.unwrap_or(if has_labels && args.digit.is_none() && args.labels.is_none() {
-        model.num_classes
-    } else {
-        (n as f64).sqrt().ceil() as usize
-    });
-    picture::grid_png(&args.out, &images, cols, 2)?;
+    let scale = usize::from(args.scale);
+    match args.class_names {
+        None => picture::grid_png(&args.out, &images, cols, scale)?,
+        Some(dataset) => {
+            let geometry = picture::Geometry { n, h: 28, w: 28 };
+            let grid = picture::grid_pixels(images.as_slice(), geometry, cols, scale)?;
+            let names = dataset.class_names();
+            picture::write_png(&args.out, &plot::with_column_names(&grid, 28 * scale, &names))?;
+        }
+    }
     eprintln!("wrote {}", args.out.display());
     if let Some(path) = &args.npy {
         npy::write_f32(path, images.dims(), images.as_slice())?;
         eprintln!("wrote {} (float32 {:?})", path.display(), images.dims());
     }
     if let Some(path) = &args.gif {
-        picture::gif(path, &frames, cols, 2, 8)?;
+        picture::gif(path, &frames, cols, scale, 8)?;
         eprintln!("wrote {} ({} frames)", path.display(), frames.len());
     }
     if let Some(path) = &args.strip {
         let rows = n.min(10);
         let chains = frames.iter().map(|f| f.narrow(0, 0, rows)).collect::<Result<Vec<_>, _>>()?;
-        picture::strip_png(path, &chains, 2)?;
+        picture::strip_png(path, &chains, scale)?;
         eprintln!("wrote {} ({rows} chains of {} frames)", path.display(), frames.len());
     }
     Ok(())

@@ -156,6 +156,25 @@ impl Dataset {
         }
     }
 
+    /// What each label means, class 0 first.
+    pub fn class_names(self) -> [&'static str; 10] {
+        match self {
+            Dataset::Mnist => ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"],
+            Dataset::FashionMnist => [
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ],
+        }
+    }
+
     /// The built-in mirrors, best first. Each is a base URL the file name is appended to.
     pub fn mirrors(self) -> Vec<String> {
         let urls: &[&str] = match self {

@@ -4,11 +4,13 @@
 //!
 //! - [`axis`]: the axes' ranges and their "nice" ticks (linear and log10);
 //! - [`canvas`]: an RGB picture with clipped fills, anti-aliased strokes and text;
-//! - [`font`]: a 5x7 bitmap font for the title, labels and numbers.
+//! - [`font`]: a 5x7 bitmap font for the title, labels and numbers;
+//! - [`labels`]: class names above the columns of a grid of samples.
 
 mod axis;
 mod canvas;
 mod font;
+mod labels;
 
 use std::path::Path;
 
@@ -18,6 +20,7 @@ use ddpm::picture::{write_png, Colour, Pixels};
 use axis::{linear_axis, log_axis};
 use canvas::{stroke, Canvas, Rect, Rgb};
 use font::{text_width, GLYPH_H};
+pub use labels::with_column_names;
 
 /// Size of [`line_plot_png`]'s picture.
 pub const PLOT_SIZE: (usize, usize) = (640, 400);
