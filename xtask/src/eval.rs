@@ -93,13 +93,13 @@ pub struct EvalArgs {
     /// Train the classifier again (and overwrite --classifier) even if the file exists.
     #[arg(long)]
     retrain: bool,
-    /// Train the classifier on the first N training digits only [default: all].
+    /// Train the classifier on the first N training images only [default: all].
     #[arg(long)]
     train_limit: Option<usize>,
     /// Epochs of classifier training [default: 15].
     #[arg(long)]
     epochs: Option<usize>,
-    /// Real training digits in the floor [default: as many as there are samples].
+    /// Real training images in the floor [default: as many as there are samples].
     #[arg(long)]
     floor_n: Option<usize>,
     /// Where to write the numbers as JSON [default: beside the checkpoint or the samples].
@@ -137,7 +137,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let test = Split::load(&data_dir, TEST_IMAGES, TEST_LABELS)?;
     let floor_n = args.floor_n.unwrap_or(n.min(train.len()));
     if floor_n < 2 || floor_n > train.len() {
-        bail!("--floor-n must be 2 ..= {} (the training digits), not {floor_n}", train.len());
+        bail!("--floor-n must be 2 ..= {} (the training images), not {floor_n}", train.len());
     }
     let json_path = args.json.clone().unwrap_or_else(|| default_json_path(&args, &source));
     let dir = json_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -183,7 +183,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 
     // The report.
     println!(
-        "classifier {}: t10k accuracy {:.2}% ({} digits), mean confidence {:.3}",
+        "classifier {}: t10k accuracy {:.2}% ({} images), mean confidence {:.3}",
         classifier_path(&args).display(),
         100.0 * test_accuracy,
         test.len(),
@@ -200,7 +200,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     println!("samples: {what}");
     println!();
-    print!("{}", table(&[("real training digits (floor)", &floor), ("samples", &samples)]));
+    print!("{}", table(&[("real training images (floor)", &floor), ("samples", &samples)]));
 
     let source_json = match &source {
         Source::Checkpoint { path, settings, .. } => json!({
@@ -218,7 +218,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             "training": classifier_meta,
         },
         "source": source_json,
-        "floor": score_json(&floor, "real training digits"),
+        "floor": score_json(&floor, "real training images"),
         "samples": score_json(&samples, "samples"),
     });
     let text = serde_json::to_string_pretty(&report)? + "\n";
@@ -338,7 +338,7 @@ fn classifier(args: &EvalArgs, train: &Split) -> Result<(Classifier, HashMap<Str
             }
         }
         eprintln!(
-            "classifier: {} (trained on {} digits for {} epochs)",
+            "classifier: {} (trained on {} images for {} epochs)",
             path.display(),
             meta_or(&meta, "train_images"),
             meta_or(&meta, "epochs")
@@ -348,7 +348,7 @@ fn classifier(args: &EvalArgs, train: &Split) -> Result<(Classifier, HashMap<Str
 
     let why = if path.exists() { "--retrain" } else { "no classifier file yet" };
     eprintln!(
-        "note: {why}: training the classifier on {train_images} digits for {} epochs, then caching it in {}",
+        "note: {why}: training the classifier on {train_images} images for {} epochs, then caching it in {}",
         config.epochs,
         path.display()
     );

@@ -41,10 +41,10 @@ fn real_digits_score_well_and_the_classifier_is_cached() {
     // First run: no classifier yet, so one is trained (briefly) and cached.
     let first = eval(&["--labels", labels.to_str().unwrap(), "--train-limit", "3000", "--epochs", "3"]);
     assert_succeeds(&first);
-    assert!(stderr(&first).contains("training the classifier on 3000 digits"), "{}", stderr(&first));
+    assert!(stderr(&first).contains("training the classifier on 3000 images"), "{}", stderr(&first));
     assert!(classifier.exists());
     let table = stdout(&first);
-    assert!(table.contains("t10k accuracy") && table.contains("real training digits (floor)"), "{table}");
+    assert!(table.contains("t10k accuracy") && table.contains("real training images (floor)"), "{table}");
     assert!(table.lines().any(|l| l.starts_with("samples ") && l.contains('%')), "{table}");
 
     // The JSON lands beside the samples; real digits are read as asked.
