@@ -249,6 +249,7 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// A hand-built file: v1.0 preamble, the given dict padded to 64, then `data`.
     fn build(dict: &str, data: &[u8]) -> Vec<u8> {
@@ -415,6 +416,45 @@ mod tests {
         }
     }
 
+    /// A version 2.0 file: a 32-bit header length, stated by hand.
+    fn v2(header_len: u32, rest: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[2, 0]);
+        out.extend_from_slice(&header_len.to_le_bytes());
+        out.extend_from_slice(rest);
+        out
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        // 4 Gi images of 28x28: 13 TB of float32, announced by a file of a hundred bytes. The
+        // data size is checked against the file first; allocating it would abort the test.
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 1, 28, 28), }";
+        let err = err_f32(&build(dict, &f4(&[1.0, 2.0])));
+        assert!(err.contains("truncated") && err.contains("needs 13469017440256 data bytes, file has 8"), "{err}");
+        let labels = build("{'descr': '<i8', 'fortran_order': False, 'shape': (1152921504606846975,), }", &[0; 8]);
+        assert!(decode_labels(&labels).unwrap_err().contains("truncated"));
+        // A header length of 4 GiB in a 16-byte file; one past what this reader takes.
+        let err = err_f32(&v2(u32::MAX, b"{}\n\n"));
+        assert!(err.contains("header length 4294967295 is over"), "{err}");
+        let err = err_f32(&v2(1000, b"{}\n\n"));
+        assert_eq!(err, "truncated header (header length 1000, file has 16 bytes)");
+    }
+
+    #[test]
+    fn messages_never_echo_raw_bytes() {
+        // An escape sequence and a newline in the dtype, and in text the parser quotes back.
+        for dict in [
+            "{'descr': '<f4\x1b[31m', 'fortran_order': False, 'shape': (2,), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), \x1b[2J\r}",
+            "{'descr': [('\x1b[31m\\n', '<f4')], 'fortran_order': False, 'shape': (2,), }",
+        ] {
+            let err = err_f32(&build(dict, &f4(&[1.0, 2.0])));
+            assert_clean(&err);
+            assert!(!err.contains("[31m") && !err.contains("[2J"), "{err}");
+        }
+    }
+
     #[test]
     fn errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -488,5 +528,71 @@ mod tests {
         assert!(decode_labels(&flags).unwrap_err().contains("found |b1"));
         let short = build("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", &[0; 12]);
         assert!(decode_labels(&short).unwrap_err().contains("truncated"));
+    }
+
+    /// Valid files of the kinds the CLI reads: float32/float64 arrays and labels of several
+    /// dtypes, each with a few elements.
+    fn valid_file() -> impl Strategy<Value = Vec<u8>> {
+        let kinds = prop_oneof![
+            Just(("<f4", 4)),
+            Just(("<f8", 8)),
+            Just(("|u1", 1)),
+            Just(("<i4", 4)),
+            Just(("<i8", 8)),
+            Just((">u2", 2))
+        ];
+        (kinds, 0usize..6, any::<bool>(), proptest::collection::vec(any::<u8>(), 48)).prop_map(
+            |((descr, size), n, four_d, noise)| {
+                let shape = if four_d { format!("({n}, 1, 1, 1)") } else { format!("({n},)") };
+                let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+                build(&dict, &noise[..n * size])
+            },
+        )
+    }
+
+    /// What can happen to a file on the way: cut short, bytes flipped, bytes inserted.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Truncate(usize),
+        Flip(Vec<(usize, u8)>),
+        Insert(usize, u8),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            any::<usize>().prop_map(Damage::Truncate),
+            proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4).prop_map(Damage::Flip),
+            (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Damage::Insert(at, b)),
+        ]
+    }
+
+    fn apply(mut bytes: Vec<u8>, damage: &Damage) -> Vec<u8> {
+        match damage {
+            Damage::Truncate(at) => bytes.truncate(at % (bytes.len() + 1)),
+            Damage::Flip(flips) => {
+                let len = bytes.len();
+                for &(at, mask) in flips {
+                    bytes[at % len] ^= mask;
+                }
+            }
+            Damage::Insert(at, b) => bytes.insert(at % (bytes.len() + 1), *b),
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Damaged files give Ok or a clean one-line Err, never a panic.
+        #[test]
+        fn damaged_files_never_panic(file in valid_file(), damage in damage()) {
+            let bytes = apply(file, &damage);
+            if let Err(e) = decode_f32(&bytes) {
+                prop_assert!(!e.chars().any(|c| c.is_control()), "{:?}", e);
+            }
+            if let Err(e) = decode_labels(&bytes) {
+                prop_assert!(!e.chars().any(|c| c.is_control()), "{:?}", e);
+            }
+        }
     }
 }
