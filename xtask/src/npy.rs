@@ -1,34 +1,29 @@
-//! NumPy `.npy` files, read and written by hand.
+//! NumPy `.npy` files (x_T in, samples out, labels in), through the `npyz` crate.
 //!
-//! The format (<https://numpy.org/doc/stable/reference/generated/numpy.lib.format.html>) is small
-//! enough that a crate would cost more than it saves:
+//! `npyz` parses the header (magic, version 1.0/2.0/3.0, the Python dict with `descr`,
+//! `fortran_order` and `shape`), reads elements of either byte order and writes files `np.load`
+//! reads. This layer adds what the CLI promises on top of it:
 //!
-//! ```text
-//! \x93NUMPY  major minor  header_len (u16 LE in v1, u32 LE in v2/v3)  header  data
-//! ```
-//!
-//! The header is the `repr` of a Python dict, padded with spaces and ended by `\n` so that the
-//! data starts at a multiple of 64 bytes:
-//! `{'descr': '<f4', 'fortran_order': False, 'shape': (16, 1, 28, 28), }`.
-//!
-//! What this module writes is what `np.save` writes for a C-ordered little-endian `float32`
-//! array. What it reads is deliberately narrow: C order, little-endian (or byte-order-free)
-//! dtypes, and exactly the sizes the header promises; everything else is refused with a
-//! one-line message that names the file, rather than guessed at. The header parser understands
-//! the Python literal syntax NumPy produces (single or double quoted strings, `True`/`False`,
-//! tuples of integers including `(5,)` and `()`, trailing commas), not arbitrary Python.
+//! * every error is one line naming the file, and never echoes raw bytes from it;
+//! * `float64` is read as `float32`, labels of any integer dtype (or whole-number floats) as
+//!   `usize`;
+//! * only C order, and data of exactly the size the header's shape promises, checked before
+//!   anything is read or allocated, so an absurd shape is refused rather than attempted;
+//! * files appear atomically (encoded in memory, then `ddpm_nn::fs::write_atomically`).
 
 use std::fs;
+use std::io;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use npyz::{DType, Deserialize, NpyFile, NpyHeader, Order, TypeChar, TypeStr, WriterBuilder};
 
 /// The six magic bytes every `.npy` file starts with.
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 
-/// NumPy aligns the start of the data to this many bytes (64 since NumPy 1.14; older files
-/// used 16, which we still read since we only need `header_len`).
-const ALIGN: usize = 64;
+/// The longest header read: what version 1.0 can hold. Ours are about 120 bytes; the cap keeps a
+/// hostile version 2.0 file from making the header parser chew through megabytes of digits.
+const MAX_HEADER_LEN: usize = u16::MAX as usize;
 
 /// Writes `data` (C order, shape `shape`) as a little-endian `float32` `.npy` file.
 ///
@@ -39,15 +34,11 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     if numel != Some(data.len()) {
         bail!("{}: shape {:?} does not match {} values", path.display(), shape, data.len());
     }
-    let mut bytes = header_bytes("<f4", shape);
-    bytes.reserve(data.len() * 4);
-    for v in data {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
+    let bytes = encode_f32(shape, data).map_err(|e| anyhow!("{}: cannot encode: {e}", path.display()))?;
     write_file_atomically(path, &bytes)
 }
 
-/// Reads a `float32` (`'<f4'`) or `float64` (`'<f8'`, converted) C-ordered array.
+/// Reads a `float32` or `float64` (converted) C-ordered array, of either byte order.
 ///
 /// Returns the shape and the values in C order. A 0-d array has shape `[]` and one value.
 pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -57,376 +48,208 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 
 /// Reads a 1-D array of class labels.
 ///
-/// Accepts the integer dtypes NumPy commonly writes (`<i8`, `<i4`, `<i2`, `|i1`, `<u8`, `<u4`,
-/// `<u2`, `|u1`; `<`-prefixed one-byte codes too) and float arrays holding whole numbers.
-/// Negative or fractional values are refused; checking against the number of classes is the
-/// caller's job, since only it knows that number.
+/// Accepts the integer dtypes NumPy writes (`<i8`, `<i4`, `<i2`, `|i1`, `<u8`, `<u4`, `<u2`,
+/// `|u1`; `<`-prefixed one-byte codes and big-endian ones too) and float arrays holding whole
+/// numbers. Negative or fractional values are refused; checking against the number of classes
+/// is the caller's job, since only it knows that number.
 pub fn read_labels(path: &Path) -> Result<Vec<usize>> {
     let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     decode_labels(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// `ddpm_nn::fs::write_atomically` (the one atomic write of the project), its error naming the
-/// file. Shared with `picture.rs`, which encodes its images in memory and hands them over here.
+/// file. Shared with `eval.rs`, which writes its JSON report through it.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     ddpm_nn::fs::write_atomically(path, bytes).map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Writing
-
-/// Magic, version, header length and the padded header dict for a C-ordered array.
-///
-/// Version 1.0 unless the header does not fit its 16-bit length (only with absurd ranks), in
-/// which case 2.0 with a 32-bit length, as NumPy does.
-fn header_bytes(descr: &str, shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_repr = match dims.len() {
-        0 => "()".to_string(),
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_repr}, }}");
-    let (version, len_bytes) = if dict.len() + 1 + 10 <= u16::MAX as usize { (1u8, 2) } else { (2u8, 4) };
-    let prefix = MAGIC.len() + 2 + len_bytes;
-    // Pad with spaces so that prefix + dict + '\n' is a multiple of ALIGN.
-    let total = (prefix + dict.len() + 1).div_ceil(ALIGN) * ALIGN;
-    let pad = total - prefix - dict.len() - 1;
-    dict.extend(std::iter::repeat_n(' ', pad));
-    dict.push('\n');
-
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[version, 0]);
-    if version == 1 {
-        // Fits: checked above.
-        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
-    } else {
-        out.extend_from_slice(&(dict.len() as u32).to_le_bytes());
-    }
-    out.extend_from_slice(dict.as_bytes());
-    out
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading
-
-/// A parsed header: element type, shape, and the data bytes that follow it.
-struct Npy<'a> {
-    descr: String,
-    shape: Vec<usize>,
-    data: &'a [u8],
-}
-
-impl Npy<'_> {
-    /// The number of elements the shape promises (1 for a 0-d array).
-    fn numel(&self) -> Result<usize, String> {
-        self.shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| format!("header shape {:?} has too many elements", self.shape))
-    }
-
-    /// Checks that the data is exactly `numel * itemsize` bytes and returns the element count.
-    fn check_size(&self, itemsize: usize) -> Result<usize, String> {
-        let numel = self.numel()?;
-        let expected = numel
-            .checked_mul(itemsize)
-            .ok_or_else(|| format!("header shape {:?} has too many elements", self.shape))?;
-        let got = self.data.len();
-        if got < expected {
-            return Err(format!(
-                "truncated: shape {:?} of {} needs {expected} data bytes, file has {got}",
-                self.shape, self.descr
-            ));
-        }
-        if got > expected {
-            return Err(format!(
-                "{} trailing bytes after the {expected} data bytes of shape {:?} ({})",
-                got - expected,
-                self.shape,
-                self.descr
-            ));
-        }
-        Ok(numel)
-    }
+/// The whole file in memory: `npyz`'s header (`'<f4'`, C order, the shape, padded so the data
+/// starts at a multiple of 64 bytes), then the values.
+fn encode_f32(shape: &[usize], data: &[f32]) -> io::Result<Vec<u8>> {
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    let dtype = DType::new_scalar("<f4".parse().expect("a valid type string"));
+    let mut bytes = Vec::with_capacity(128 + 4 * data.len());
+    let mut writer = npyz::WriteOptions::new().dtype(dtype).shape(&shape).writer(&mut bytes).begin_nd()?;
+    writer.extend(data.iter().copied())?;
+    writer.finish()?;
+    Ok(bytes)
 }
 
 fn decode_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>), String> {
-    let npy = parse(bytes)?;
-    let values: Vec<f32> = match npy.descr.as_str() {
-        "<f4" => {
-            npy.check_size(4)?;
-            npy.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-        }
-        "<f8" => {
-            npy.check_size(8)?;
-            npy.data.chunks_exact(8).map(|c| f64_le(c) as f32).collect()
-        }
-        other => return Err(format!("dtype '{other}' is not supported (expected '<f4' or '<f8')")),
+    let (header, data) = open(bytes)?;
+    let wide = match scalar(&header) {
+        Some(ty) if ty.type_char() == TypeChar::Float && ty.size_field() == 4 => false,
+        Some(ty) if ty.type_char() == TypeChar::Float && ty.size_field() == 8 => true,
+        _ => return Err(format!("expected a float32 or float64 array, found {}", describe(&header))),
     };
-    Ok((npy.shape, values))
+    let shape = check_size(&header, data)?;
+    let file = NpyFile::with_header(header, data);
+    let values = if wide {
+        file.into_vec::<f64>().map(|v| v.into_iter().map(|x| x as f32).collect())
+    } else {
+        file.into_vec::<f32>()
+    };
+    Ok((shape, values.map_err(|e| format!("cannot read the data: {}", one_line(&e.to_string())))?))
 }
 
 fn decode_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
-    let npy = parse(bytes)?;
-    if npy.shape.len() != 1 {
-        return Err(format!("labels must be a 1-D array, header shape is {:?}", npy.shape));
+    let (header, data) = open(bytes)?;
+    if header.shape().len() != 1 {
+        return Err(format!("labels must be a 1-D array, header shape is {:?}", header.shape()));
     }
-    /// How to turn one element's bytes into a label.
-    enum Kind {
-        Signed,
-        Unsigned,
-        Float,
+    let kind = scalar(&header).map(|ty| (ty.type_char(), ty.size_field()));
+    if !matches!(kind, Some((TypeChar::Int | TypeChar::Uint, 1 | 2 | 4 | 8) | (TypeChar::Float, 4 | 8))) {
+        return Err(format!("expected an integer array for labels, found {}", describe(&header)));
     }
-    let (kind, size) = match npy.descr.as_str() {
-        "|i1" | "<i1" => (Kind::Signed, 1),
-        "<i2" => (Kind::Signed, 2),
-        "<i4" => (Kind::Signed, 4),
-        "<i8" => (Kind::Signed, 8),
-        "|u1" | "<u1" => (Kind::Unsigned, 1),
-        "<u2" => (Kind::Unsigned, 2),
-        "<u4" => (Kind::Unsigned, 4),
-        "<u8" => (Kind::Unsigned, 8),
-        "<f4" => (Kind::Float, 4),
-        "<f8" => (Kind::Float, 8),
-        other => return Err(format!("dtype '{other}' is not supported for labels (expected an integer dtype)")),
-    };
-    npy.check_size(size)?;
-    npy.data
-        .chunks_exact(size)
+    check_size(&header, data)?;
+    let file = NpyFile::with_header(header, data);
+    match kind {
+        Some((TypeChar::Int, 1)) => int_labels::<i8>(file),
+        Some((TypeChar::Int, 2)) => int_labels::<i16>(file),
+        Some((TypeChar::Int, 4)) => int_labels::<i32>(file),
+        Some((TypeChar::Int, _)) => int_labels::<i64>(file),
+        Some((TypeChar::Uint, 1)) => int_labels::<u8>(file),
+        Some((TypeChar::Uint, 2)) => int_labels::<u16>(file),
+        Some((TypeChar::Uint, 4)) => int_labels::<u32>(file),
+        Some((TypeChar::Uint, _)) => int_labels::<u64>(file),
+        Some((_, 4)) => float_labels::<f32>(file),
+        _ => float_labels::<f64>(file),
+    }
+}
+
+/// Labels from an integer array: widened to `i128` (every `u64` fits), then refused if negative.
+fn int_labels<T: Deserialize + Into<i128>>(file: NpyFile<&[u8]>) -> Result<Vec<usize>, String> {
+    let reader = file.data::<T>().map_err(|e| one_line(&e.to_string()))?;
+    reader.enumerate().map(|(i, v)| label(i, v.map_err(|e| one_line(&e.to_string()))?.into())).collect()
+}
+
+/// Labels from a float array: each must be a whole number in range.
+fn float_labels<T: Deserialize + Into<f64>>(file: NpyFile<&[u8]>) -> Result<Vec<usize>, String> {
+    let reader = file.data::<T>().map_err(|e| one_line(&e.to_string()))?;
+    reader
         .enumerate()
-        .map(|(i, c)| {
-            // Sign-extend (or zero-extend) into 8 bytes, then read as i128 so every u64 fits.
-            let mut wide = [0u8; 8];
-            wide[..size].copy_from_slice(c);
-            let value: i128 = match kind {
-                Kind::Unsigned => u64::from_le_bytes(wide) as i128,
-                Kind::Signed => {
-                    if c[size - 1] & 0x80 != 0 {
-                        wide[size..].fill(0xff);
-                    }
-                    i64::from_le_bytes(wide) as i128
-                }
-                Kind::Float => {
-                    let f = if size == 4 { f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64 } else { f64_le(c) };
-                    if !f.is_finite() || f.fract() != 0.0 {
-                        return Err(format!("label {i} is {f}, not a whole number"));
-                    }
-                    if f >= usize::MAX as f64 || f <= i64::MIN as f64 {
-                        return Err(format!("label {i} is {f}, out of range"));
-                    }
-                    f as i128
-                }
-            };
-            if value < 0 {
-                return Err(format!("label {i} is negative ({value})"));
+        .map(|(i, v)| {
+            let f: f64 = v.map_err(|e| one_line(&e.to_string()))?.into();
+            if !f.is_finite() || f.fract() != 0.0 {
+                return Err(format!("label {i} is {f}, not a whole number"));
             }
-            usize::try_from(value).map_err(|_| format!("label {i} is {value}, out of range"))
+            if f >= usize::MAX as f64 || f <= i64::MIN as f64 {
+                return Err(format!("label {i} is {f}, out of range"));
+            }
+            label(i, f as i128)
         })
         .collect()
 }
 
-fn f64_le(c: &[u8]) -> f64 {
-    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+fn label(i: usize, value: i128) -> Result<usize, String> {
+    if value < 0 {
+        return Err(format!("label {i} is negative ({value})"));
+    }
+    usize::try_from(value).map_err(|_| format!("label {i} is {value}, out of range"))
 }
 
-/// Checks magic and version, parses the header dict, and returns it with the data bytes.
-fn parse(bytes: &[u8]) -> Result<Npy<'_>, String> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err("not a .npy file (bad magic; expected \\x93NUMPY)".to_string());
-    }
-    let (major, minor) = match bytes.get(6..8) {
-        Some(v) => (v[0], v[1]),
-        None => return Err("truncated .npy preamble".to_string()),
-    };
-    // v1 has a 16-bit header length; v2 widened it to 32 bits; v3 only allows UTF-8 in the
-    // header, which our parser handles like ASCII.
-    let len_bytes = match (major, minor) {
-        (1, 0) => 2,
-        (2, 0) | (3, 0) => 4,
-        _ => return Err(format!("unsupported .npy version {major}.{minor} (expected 1.0, 2.0 or 3.0)")),
-    };
-    let start = 8 + len_bytes;
-    let header_len = match bytes.get(8..start) {
-        Some(b) if len_bytes == 2 => u16::from_le_bytes([b[0], b[1]]) as usize,
-        Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
-        None => return Err("truncated .npy preamble".to_string()),
-    };
-    let header = start
-        .checked_add(header_len)
-        .and_then(|end| bytes.get(start..end))
-        .ok_or_else(|| format!("truncated header (header length {header_len}, file has {} bytes)", bytes.len()))?;
-    let header = std::str::from_utf8(header).map_err(|_| "header is not valid UTF-8".to_string())?;
-    let (descr, fortran_order, shape) = parse_header(header)?;
-    if fortran_order {
+/// Parses the header with `npyz` and returns it with the data bytes after it; refuses Fortran
+/// order (we would have to transpose, and nothing of ours writes it).
+fn open(bytes: &[u8]) -> Result<(NpyHeader, &[u8]), String> {
+    check_header_len(bytes)?;
+    let mut data = bytes;
+    let header = NpyHeader::from_reader(&mut data).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => "truncated .npy preamble".to_string(),
+        _ => format!("bad .npy header: {}", one_line(&e.to_string())),
+    })?;
+    if header.order() == Order::Fortran {
         return Err("fortran_order is True; only C-ordered arrays are supported".to_string());
     }
-    Ok(Npy { descr, shape, data: &bytes[start + header_len..] })
+    Ok((header, data))
 }
 
-/// A value in the header dict.
-#[derive(Debug, PartialEq)]
-enum Value {
-    Str(String),
-    Bool(bool),
-    Tuple(Vec<usize>),
+/// `npyz` allocates the header length the preamble states before reading that many bytes (up
+/// to 4 GiB in versions 2.0 and 3.0): refuse a length the file cannot hold, or one past
+/// [`MAX_HEADER_LEN`], before it gets there. Anything else is left to `npyz` to judge.
+fn check_header_len(bytes: &[u8]) -> Result<(), String> {
+    if bytes.get(..6) != Some(MAGIC) {
+        return Ok(());
+    }
+    let len = match (bytes.get(6..8), bytes.get(8..10), bytes.get(8..12)) {
+        (Some([1, 0]), Some(&[a, b]), _) => u16::from_le_bytes([a, b]) as usize,
+        (Some([2 | 3, 0]), _, Some(&[a, b, c, d])) => u32::from_le_bytes([a, b, c, d]) as usize,
+        _ => return Ok(()),
+    };
+    let start = if bytes[6] == 1 { 10 } else { 12 };
+    if len > MAX_HEADER_LEN {
+        return Err(format!("header length {len} is over the {MAX_HEADER_LEN} bytes this reader accepts"));
+    }
+    if start + len > bytes.len() {
+        return Err(format!("truncated header (header length {len}, file has {} bytes)", bytes.len()));
+    }
+    Ok(())
 }
 
-/// Parses `{'descr': ..., 'fortran_order': ..., 'shape': (...), }` and checks it has exactly
-/// those three keys with the right kinds of value, as `numpy.lib.format` itself insists.
-fn parse_header(header: &str) -> Result<(String, bool, Vec<usize>), String> {
-    let mut p = Parser { s: header.as_bytes(), pos: 0 };
-    let mut descr = None;
-    let mut fortran = None;
-    let mut shape = None;
-    p.expect(b'{')?;
-    loop {
-        p.skip_ws();
-        if p.eat(b'}') {
-            break;
-        }
-        let key = p.string()?;
-        if !matches!(key.as_str(), "descr" | "fortran_order" | "shape") {
-            return Err(format!("unexpected key '{key}' in header"));
-        }
-        p.expect(b':')?;
-        let value = p.value()?;
-        let slot = match key.as_str() {
-            "descr" => match value {
-                Value::Str(s) => descr.replace(s).is_some(),
-                _ => return Err("header 'descr' is not a string (structured dtypes are not supported)".into()),
-            },
-            "fortran_order" => match value {
-                Value::Bool(b) => fortran.replace(b).is_some(),
-                _ => return Err("header 'fortran_order' is not True or False".into()),
-            },
-            "shape" => match value {
-                Value::Tuple(t) => shape.replace(t).is_some(),
-                _ => return Err("header 'shape' is not a tuple of integers".into()),
-            },
-            other => return Err(format!("unexpected key '{other}' in header")),
-        };
-        if slot {
-            return Err(format!("key '{key}' appears twice in header"));
-        }
-        p.skip_ws();
-        if !p.eat(b',') {
-            p.expect(b'}')?;
-            break;
-        }
-    }
-    p.skip_ws();
-    if p.pos != p.s.len() {
-        return Err(format!("unexpected text after the header dict at byte {}", p.pos));
-    }
-    match (descr, fortran, shape) {
-        (Some(d), Some(f), Some(s)) => Ok((d, f, s)),
-        _ => Err("header lacks one of 'descr', 'fortran_order', 'shape'".to_string()),
+/// The header's dtype if it is a plain one (not a structured or pickled-object dtype).
+fn scalar(header: &NpyHeader) -> Option<TypeStr> {
+    match header.dtype() {
+        DType::Plain(ty) if !ty.uses_pickled_array() => Some(ty),
+        _ => None,
     }
 }
 
-/// A cursor over the header text; every method skips leading white space.
-struct Parser<'a> {
-    s: &'a [u8],
-    pos: usize,
+/// The dtype for a message: its type string, which `npyz` rebuilt from parsed parts (so it
+/// holds nothing from the file verbatim); field names of a structured dtype are left out.
+fn describe(header: &NpyHeader) -> String {
+    match header.dtype() {
+        DType::Plain(ty) => ty.to_string(),
+        _ => "a structured dtype".to_string(),
+    }
 }
 
-impl Parser<'_> {
-    fn skip_ws(&mut self) {
-        while self.pos < self.s.len() && self.s[self.pos].is_ascii_whitespace() {
-            self.pos += 1;
-        }
+/// Checks that the data is exactly what the shape promises, and returns the shape.
+///
+/// The element count is computed with checked arithmetic here (`npyz` multiplies unchecked,
+/// which is why the workspace turns its overflow checks off), so a shape like
+/// `(4294967296, 1, 28, 28)` over a few bytes of data is refused before anything is allocated.
+fn check_size(header: &NpyHeader, data: &[u8]) -> Result<Vec<usize>, String> {
+    let ty = describe(header);
+    let too_many = || format!("header shape {:?} has too many elements", header.shape());
+    let shape: Vec<usize> =
+        header.shape().iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| too_many())?;
+    let itemsize = header.dtype().num_bytes().ok_or_else(too_many)?;
+    let expected = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|n| n.checked_mul(itemsize))
+        .ok_or_else(too_many)?;
+    let got = data.len();
+    if got < expected {
+        return Err(format!("truncated: shape {shape:?} of {ty} needs {expected} data bytes, file has {got}"));
     }
+    if got > expected {
+        return Err(format!(
+            "{} trailing bytes after the {expected} data bytes of shape {shape:?} ({ty})",
+            got - expected
+        ));
+    }
+    Ok(shape)
+}
 
-    fn peek(&mut self) -> Option<u8> {
-        self.skip_ws();
-        self.s.get(self.pos).copied()
+/// A message from `npyz` (or the Python-literal parser under it) made fit for one error line:
+/// its first line, white space collapsed, anything but printable ASCII escaped, with a parser's
+/// `= expected ...` note appended; the source excerpt a parser quotes (the file's own bytes) is
+/// dropped.
+fn one_line(text: &str) -> String {
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut out = lines.next().unwrap_or("").split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some(note) = lines.next_back().and_then(|l| l.strip_prefix("= ")) {
+        out = format!("{out} ({note})");
     }
-
-    fn eat(&mut self, c: u8) -> bool {
-        if self.peek() == Some(c) {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn expect(&mut self, c: u8) -> Result<(), String> {
-        if self.eat(c) {
-            Ok(())
-        } else {
-            Err(format!("malformed header: expected '{}' at byte {}", c as char, self.pos))
-        }
-    }
-
-    /// A single- or double-quoted string without escapes (NumPy never writes any).
-    fn string(&mut self) -> Result<String, String> {
-        let quote = match self.peek() {
-            Some(q @ (b'\'' | b'"')) => q,
-            _ => return Err(format!("malformed header: expected a quoted string at byte {}", self.pos)),
-        };
-        let start = self.pos + 1;
-        let len = self.s[start..]
-            .iter()
-            .position(|&c| c == quote)
-            .ok_or_else(|| "malformed header: unterminated string".to_string())?;
-        self.pos = start + len + 1;
-        Ok(String::from_utf8_lossy(&self.s[start..start + len]).into_owned())
-    }
-
-    fn value(&mut self) -> Result<Value, String> {
-        match self.peek() {
-            Some(b'\'' | b'"') => Ok(Value::Str(self.string()?)),
-            Some(b'(') => {
-                self.pos += 1;
-                let mut dims = Vec::new();
-                loop {
-                    if self.eat(b')') {
-                        break;
-                    }
-                    dims.push(self.integer()?);
-                    if !self.eat(b',') {
-                        self.expect(b')')?;
-                        break;
-                    }
-                }
-                Ok(Value::Tuple(dims))
-            }
-            _ => {
-                let word = self.word();
-                match word.as_str() {
-                    "True" => Ok(Value::Bool(true)),
-                    "False" => Ok(Value::Bool(false)),
-                    _ => Err(format!("malformed header: unexpected value '{word}' at byte {}", self.pos)),
-                }
-            }
-        }
-    }
-
-    /// A non-negative decimal integer; Python 2's long suffix `L` is accepted.
-    fn integer(&mut self) -> Result<usize, String> {
-        let word = self.word();
-        let digits = word.strip_suffix('L').unwrap_or(&word);
-        digits.parse().map_err(|_| format!("malformed header: '{word}' is not a dimension size"))
-    }
-
-    /// The run of alphanumeric characters (and `_`, `-`) at the cursor.
-    fn word(&mut self) -> String {
-        self.skip_ws();
-        let start = self.pos;
-        while self.pos < self.s.len() && (self.s[self.pos].is_ascii_alphanumeric() || b"_-".contains(&self.s[self.pos]))
-        {
-            self.pos += 1;
-        }
-        String::from_utf8_lossy(&self.s[start..self.pos]).into_owned()
-    }
+    out.chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c.to_string() } else { c.escape_default().to_string() })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// A hand-built file: v1.0 preamble, the given dict padded to 64, then `data`.
     fn build(dict: &str, data: &[u8]) -> Vec<u8> {
@@ -451,6 +274,12 @@ mod tests {
         decode_f32(bytes).unwrap_err()
     }
 
+    /// One line, nothing raw from the file: what every refusal must look like.
+    #[track_caller]
+    fn assert_clean(err: &str) {
+        assert!(!err.chars().any(|c| c.is_control()), "{err:?}");
+    }
+
     #[test]
     fn round_trip_and_header_alignment() {
         let dir = tempfile::tempdir().unwrap();
@@ -460,6 +289,7 @@ mod tests {
             let path = dir.path().join("a.npy");
             write_f32(&path, &shape, &data).unwrap();
             let bytes = fs::read(&path).unwrap();
+            assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00", "format 1.0");
             let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
             assert_eq!((10 + header_len) % 64, 0, "shape {shape:?}");
             assert_eq!(bytes[10 + header_len - 1], b'\n');
@@ -474,14 +304,20 @@ mod tests {
     }
 
     #[test]
-    fn header_text_is_what_numpy_writes() {
-        let h = header_bytes("<f4", &[16, 1, 28, 28]);
-        let text = std::str::from_utf8(&h[10..]).unwrap();
-        assert!(text.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (16, 1, 28, 28), }"));
-        let h = header_bytes("<f4", &[5]);
-        assert!(std::str::from_utf8(&h[10..]).unwrap().contains("'shape': (5,), }"));
-        let h = header_bytes("<f4", &[]);
-        assert!(std::str::from_utf8(&h[10..]).unwrap().contains("'shape': (), }"));
+    fn header_text_is_the_dict_numpy_reads() {
+        // npyz writes a trailing ", " after every dimension (valid Python, which is all
+        // `np.load` asks: it evaluates the dict as a literal).
+        let text = |shape: &[usize]| {
+            let n = shape.iter().product();
+            let bytes = encode_f32(shape, &vec![0.0; n]).unwrap();
+            let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+            String::from_utf8(bytes[10..10 + header_len].to_vec()).unwrap()
+        };
+        let h = text(&[16, 1, 28, 28]);
+        assert!(h.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (16, 1, 28, 28, ), }"), "{h}");
+        assert!(h.ends_with(" \n") || h.ends_with("}\n"), "padded with spaces, ended by a newline: {h:?}");
+        assert!(text(&[5]).contains("'shape': (5, ), }"));
+        assert!(text(&[]).contains("'shape': (), }"));
     }
 
     #[test]
@@ -501,11 +337,27 @@ mod tests {
         assert_eq!(shape, vec![5]);
         assert_eq!(values, vec![1.5, -2.0, 3.25, 0.0, 1e-3f64 as f32]);
 
-        let bytes = build(r#"{"shape": (2L, 1), "fortran_order": False, "descr": "<f4"}"#, &f4(&[7.0, 8.0]));
+        let bytes = build(r#"{"shape": (2, 1), "fortran_order": False, "descr": "<f4"}"#, &f4(&[7.0, 8.0]));
         assert_eq!(decode_f32(&bytes).unwrap(), (vec![2, 1], vec![7.0, 8.0]));
 
         let bytes = build("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", &f4(&[4.5]));
         assert_eq!(decode_f32(&bytes).unwrap(), (vec![], vec![4.5]));
+
+        // Python 2's long suffix is not Python 3 syntax: refused, on one line.
+        let bytes = build(r#"{"shape": (2L, 1), "fortran_order": False, "descr": "<f4"}"#, &f4(&[7.0, 8.0]));
+        let err = err_f32(&bytes);
+        assert!(err.starts_with("bad .npy header: could not parse"), "{err}");
+        assert_clean(&err);
+    }
+
+    #[test]
+    fn reads_big_endian_floats() {
+        let be4: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let bytes = build("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", &be4);
+        assert_eq!(decode_f32(&bytes).unwrap(), (vec![2], vec![1.5, -2.0]));
+        let be8: Vec<u8> = [0.25f64].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let bytes = build("{'descr': '>f8', 'fortran_order': False, 'shape': (1,), }", &be8);
+        assert_eq!(decode_f32(&bytes).unwrap(), (vec![1], vec![0.25]));
     }
 
     #[test]
@@ -516,20 +368,20 @@ mod tests {
 
         let mut bad_magic = ok.clone();
         bad_magic[1] = b'X';
-        assert!(err_f32(&bad_magic).contains("bad magic"));
-        assert!(err_f32(b"\x93NUM").contains("bad magic"));
+        assert!(err_f32(&bad_magic).contains("magic not found"));
+        assert!(err_f32(b"\x93NUM").contains("magic not found"));
 
         let mut bad_version = ok.clone();
         bad_version[6] = 4;
-        assert!(err_f32(&bad_version).contains("unsupported .npy version 4.0"));
+        assert!(err_f32(&bad_version).contains("unsupported version: (4, 0)"), "{}", err_f32(&bad_version));
 
         let fortran = build("{'descr': '<f4', 'fortran_order': True, 'shape': (2,), }", &f4(&[1.0, 2.0]));
         assert!(err_f32(&fortran).contains("fortran_order is True"));
 
         let int = build("{'descr': '<i4', 'fortran_order': False, 'shape': (2,), }", &[0; 8]);
-        assert!(err_f32(&int).contains("dtype '<i4' is not supported"));
-        let big_endian = build("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", &[0; 8]);
-        assert!(err_f32(&big_endian).contains("dtype '>f4'"));
+        assert_eq!(err_f32(&int), "expected a float32 or float64 array, found <i4");
+        let half = build("{'descr': '<f2', 'fortran_order': False, 'shape': (2,), }", &[0; 4]);
+        assert!(err_f32(&half).contains("found <f2"));
 
         let truncated = &ok[..ok.len() - 1];
         assert!(err_f32(truncated).contains("truncated"), "{}", err_f32(truncated));
@@ -543,21 +395,63 @@ mod tests {
 
         let overflow =
             build("{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551615, 2), }", &f4(&[1.0, 2.0]));
-        assert!(err_f32(&overflow).contains("too many elements"));
+        assert!(err_f32(&overflow).contains("too many elements"), "{}", err_f32(&overflow));
 
         let header_cut = &ok[..20];
         assert!(err_f32(header_cut).contains("truncated header"));
+        assert!(err_f32(&ok[..9]).contains("truncated .npy preamble"), "{}", err_f32(&ok[..9]));
 
         for (dict, what) in [
-            ("{'descr': '<f4', 'shape': (2,), }", "lacks"),
-            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}", "unexpected key 'x'"),
-            ("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }", "not a dimension size"),
-            ("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2,), }", "unexpected value 'Maybe'"),
-            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,) } junk", "after the header dict"),
-            ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }", "malformed header"),
+            ("{'descr': '<f4', 'shape': (2,), }", "dict is missing key 'fortran_order'"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (-2,), }", "dimension cannot be negative"),
+            ("{'descr': '<f4', 'fortran_order': Maybe, 'shape': (2,), }", "bad .npy header: could not parse"),
+            ("{'descr': '<f4', 'fortran_order': False, 'shape': (2,) } junk", "bad .npy header: could not parse"),
+            ("{'descr': '<x4', 'fortran_order': False, 'shape': (2,), }", "invalid type string"),
+            ("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (2,), }", "found a structured dtype"),
+            ("{'descr': '|O', 'fortran_order': False, 'shape': (2,), }", "found |O"),
         ] {
             let err = err_f32(&build(dict, &f4(&[1.0, 2.0])));
             assert!(err.contains(what), "{dict}: {err}");
+            assert_clean(&err);
+        }
+    }
+
+    /// A version 2.0 file: a 32-bit header length, stated by hand.
+    fn v2(header_len: u32, rest: &[u8]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&[2, 0]);
+        out.extend_from_slice(&header_len.to_le_bytes());
+        out.extend_from_slice(rest);
+        out
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_before_anything_is_allocated() {
+        // 4 Gi images of 28x28: 13 TB of float32, announced by a file of a hundred bytes. The
+        // data size is checked against the file first; allocating it would abort the test.
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 1, 28, 28), }";
+        let err = err_f32(&build(dict, &f4(&[1.0, 2.0])));
+        assert!(err.contains("truncated") && err.contains("needs 13469017440256 data bytes, file has 8"), "{err}");
+        let labels = build("{'descr': '<i8', 'fortran_order': False, 'shape': (1152921504606846975,), }", &[0; 8]);
+        assert!(decode_labels(&labels).unwrap_err().contains("truncated"));
+        // A header length of 4 GiB in a 16-byte file; one past what this reader takes.
+        let err = err_f32(&v2(u32::MAX, b"{}\n\n"));
+        assert!(err.contains("header length 4294967295 is over"), "{err}");
+        let err = err_f32(&v2(1000, b"{}\n\n"));
+        assert_eq!(err, "truncated header (header length 1000, file has 16 bytes)");
+    }
+
+    #[test]
+    fn messages_never_echo_raw_bytes() {
+        // An escape sequence and a newline in the dtype, and in text the parser quotes back.
+        for dict in [
+            "{'descr': '<f4\x1b[31m', 'fortran_order': False, 'shape': (2,), }",
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), \x1b[2J\r}",
+            "{'descr': [('\x1b[31m\\n', '<f4')], 'fortran_order': False, 'shape': (2,), }",
+        ] {
+            let err = err_f32(&build(dict, &f4(&[1.0, 2.0])));
+            assert_clean(&err);
+            assert!(!err.contains("[31m") && !err.contains("[2J"), "{err}");
         }
     }
 
@@ -567,7 +461,7 @@ mod tests {
         let path = dir.path().join("broken.npy");
         fs::write(&path, b"hello world").unwrap();
         let err = read_f32(&path).unwrap_err().to_string();
-        assert!(err.contains("broken.npy") && err.contains("bad magic") && !err.contains('\n'), "{err}");
+        assert!(err.contains("broken.npy") && err.contains("magic not found") && !err.contains('\n'), "{err}");
         let err = read_labels(&path).unwrap_err().to_string();
         assert!(err.contains("broken.npy"), "{err}");
         let err = read_f32(&dir.path().join("missing.npy")).unwrap_err();
@@ -577,9 +471,18 @@ mod tests {
     #[test]
     fn labels_of_every_dtype() {
         let values = [0u8, 3, 9, 1];
-        for (descr, size) in
-            [("|u1", 1), ("<u1", 1), ("|i1", 1), ("<i2", 2), ("<u2", 2), ("<i4", 4), ("<u4", 4), ("<i8", 8), ("<u8", 8)]
-        {
+        for (descr, size) in [
+            ("|u1", 1),
+            ("<u1", 1),
+            ("|i1", 1),
+            ("<i1", 1),
+            ("<i2", 2),
+            ("<u2", 2),
+            ("<i4", 4),
+            ("<u4", 4),
+            ("<i8", 8),
+            ("<u8", 8),
+        ] {
             let data: Vec<u8> = values
                 .iter()
                 .flat_map(|&v| {
@@ -591,6 +494,9 @@ mod tests {
             let bytes = build(&format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': (4,), }}"), &data);
             assert_eq!(decode_labels(&bytes).unwrap(), vec![0, 3, 9, 1], "{descr}");
         }
+        let big_endian: Vec<u8> = [2i32, 7].iter().flat_map(|v| v.to_be_bytes()).collect();
+        let big_endian = build("{'descr': '>i4', 'fortran_order': False, 'shape': (2,), }", &big_endian);
+        assert_eq!(decode_labels(&big_endian).unwrap(), vec![2, 7]);
         let floats = build("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", &f4(&[2.0, 0.0, 7.0]));
         assert_eq!(decode_labels(&floats).unwrap(), vec![2, 0, 7]);
         let doubles: Vec<u8> = [5.0f64, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -617,8 +523,76 @@ mod tests {
         let two_d = build("{'descr': '|u1', 'fortran_order': False, 'shape': (1, 2), }", &[1, 2]);
         assert!(decode_labels(&two_d).unwrap_err().contains("1-D"));
         let text = build("{'descr': '<U1', 'fortran_order': False, 'shape': (1,), }", &[0; 4]);
-        assert!(decode_labels(&text).unwrap_err().contains("dtype '<U1'"));
+        assert_eq!(decode_labels(&text).unwrap_err(), "expected an integer array for labels, found <U1");
+        let flags = build("{'descr': '|b1', 'fortran_order': False, 'shape': (1,), }", &[1]);
+        assert!(decode_labels(&flags).unwrap_err().contains("found |b1"));
         let short = build("{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", &[0; 12]);
         assert!(decode_labels(&short).unwrap_err().contains("truncated"));
+    }
+
+    /// Valid files of the kinds the CLI reads: float32/float64 arrays and labels of several
+    /// dtypes, each with a few elements.
+    fn valid_file() -> impl Strategy<Value = Vec<u8>> {
+        let kinds = prop_oneof![
+            Just(("<f4", 4)),
+            Just(("<f8", 8)),
+            Just(("|u1", 1)),
+            Just(("<i4", 4)),
+            Just(("<i8", 8)),
+            Just((">u2", 2))
+        ];
+        (kinds, 0usize..6, any::<bool>(), proptest::collection::vec(any::<u8>(), 48)).prop_map(
+            |((descr, size), n, four_d, noise)| {
+                let shape = if four_d { format!("({n}, 1, 1, 1)") } else { format!("({n},)") };
+                let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+                build(&dict, &noise[..n * size])
+            },
+        )
+    }
+
+    /// What can happen to a file on the way: cut short, bytes flipped, bytes inserted.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        Truncate(usize),
+        Flip(Vec<(usize, u8)>),
+        Insert(usize, u8),
+    }
+
+    fn damage() -> impl Strategy<Value = Damage> {
+        prop_oneof![
+            any::<usize>().prop_map(Damage::Truncate),
+            proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4).prop_map(Damage::Flip),
+            (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Damage::Insert(at, b)),
+        ]
+    }
+
+    fn apply(mut bytes: Vec<u8>, damage: &Damage) -> Vec<u8> {
+        match damage {
+            Damage::Truncate(at) => bytes.truncate(at % (bytes.len() + 1)),
+            Damage::Flip(flips) => {
+                let len = bytes.len();
+                for &(at, mask) in flips {
+                    bytes[at % len] ^= mask;
+                }
+            }
+            Damage::Insert(at, b) => bytes.insert(at % (bytes.len() + 1), *b),
+        }
+        bytes
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Damaged files give Ok or a clean one-line Err, never a panic.
+        #[test]
+        fn damaged_files_never_panic(file in valid_file(), damage in damage()) {
+            let bytes = apply(file, &damage);
+            if let Err(e) = decode_f32(&bytes) {
+                prop_assert!(!e.chars().any(|c| c.is_control()), "{:?}", e);
+            }
+            if let Err(e) = decode_labels(&bytes) {
+                prop_assert!(!e.chars().any(|c| c.is_control()), "{:?}", e);
+            }
+        }
     }
 }
