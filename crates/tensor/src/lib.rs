@@ -14,10 +14,14 @@
 //! - Every fast kernel keeps a naive `*_reference` beside it (the spec), and the
 //!   tests compare the two.
 //! - Shape errors are values ([`TensorError`]), never panics.
+//! - Other Rust code hands arrays in and takes results out as [`ndarray`]
+//!   arrays: [`Tensor::from_ndarray`], [`Tensor::view_ndarray`] (no copy) and
+//!   [`Tensor::to_ndarray`], for host tensors.
 
 pub mod backend;
 mod device;
 mod error;
+mod interop;
 pub mod philox;
 pub mod pool;
 mod shape;
@@ -27,6 +31,9 @@ pub mod ops;
 
 pub use device::{Device, DeviceStorage, Storage};
 pub use error::{Result, TensorError};
+/// The ndarray this crate converts to and from ([`Tensor::from_ndarray`],
+/// [`Tensor::view_ndarray`], [`Tensor::to_ndarray`]): use it to be sure of one version.
+pub use ndarray;
 pub use shape::Shape;
 pub use tensor::Tensor;
 pub(crate) use tensor::{placement, Placement};
