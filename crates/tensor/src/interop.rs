@@ -34,7 +34,7 @@
 //! # Ok::<(), ddpm_tensor::TensorError>(())
 //! ```
 
-use ndarray::{Array, ArrayD, ArrayViewD, Dimension, IxDyn};
+use ndarray::{Array, ArrayD, ArrayView, ArrayViewD, Dimension, IxDyn};
 
 use crate::device::not_on_host;
 use crate::{Result, Shape, Storage, Tensor, TensorError};
@@ -105,6 +105,22 @@ impl<'a> TryFrom<&'a Tensor> for ArrayViewD<'a, f32> {
     }
 }
 
+/// For the references: a host tensor's values as an f64 array of rank `D`
+/// (the caller has checked the shape; `op` names it in the errors).
+pub(crate) fn to_f64<D: Dimension>(op: &'static str, t: &Tensor) -> Result<Array<f64, D>> {
+    Ok(view::<D>(op, t)?.mapv(f64::from))
+}
+
+/// For the references: a host tensor's values viewed as an f32 array of rank `D`.
+pub(crate) fn view<'a, D: Dimension>(op: &'static str, t: &'a Tensor) -> Result<ArrayView<'a, f32, D>> {
+    t.view_for(op)?.into_dimensionality::<D>().map_err(|e| TensorError::invalid(op, e.to_string()))
+}
+
+/// For the references: an f64 result rounded to the tensor's f32.
+pub(crate) fn from_f64<D: Dimension>(a: Array<f64, D>) -> Tensor {
+    Tensor::from_ndarray(a.mapv(|v| v as f32))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,5 +186,13 @@ mod tests {
         let t = Tensor::from_ndarray(a.slice_move(s![..;2, .., 1..]));
         assert_eq!(t.dims(), &[2, 2, 2]);
         assert_eq!(t.to_vec(), vec![1., 2., 4., 5., 13., 14., 16., 17.]);
+    }
+
+    #[test]
+    fn the_references_helpers_check_the_rank() {
+        let x = Tensor::zeros([2, 3]);
+        assert!(to_f64::<ndarray::Ix2>("test", &x).is_ok());
+        let e = to_f64::<ndarray::Ix4>("test", &x).unwrap_err();
+        assert!(e.to_string().starts_with("test: "), "{e}");
     }
 }

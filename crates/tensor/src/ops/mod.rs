@@ -3,6 +3,11 @@
 //! operands, then runs the CPU kernel of its file on the host or the backend's
 //! kernel on a device; each fast CPU kernel has a naive `*_reference` next to it
 //! that its tests compare against (and the device kernels are tested against too).
+//! The references for conv2d and its gradients, group norm, softmax and max
+//! pooling read as their formulas, written over ndarray arrays with the
+//! formulas' indices (`y[[n, k, oy, ox]] += w[[k, c, r, s]] * x[[n, c, iy, ix]]`),
+//! in f64 where they sum; the matmul reference stays a plain triple loop
+//! (ndarray's own product is the matrixmultiply GEMM the fast path calls).
 
 mod binary;
 mod conv2d;
