@@ -123,7 +123,7 @@ pub fn max_pool2x2_reference(x: &Tensor, d_out: &Tensor) -> Result<(Tensor, Tens
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::{rngs::StdRng, SeedableRng};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
     fn each_window_gives_its_largest_value() {
@@ -156,6 +156,18 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let x = Tensor::randn(dims, &mut rng);
         let g = Tensor::randn([dims[0], dims[1], dims[2] / 2, dims[3] / 2], &mut rng);
+        let (y_ref, dx_ref) = max_pool2x2_reference(&x, &g).unwrap();
+        assert_eq!(x.max_pool2x2().unwrap().to_vec(), y_ref.to_vec());
+        assert_eq!(Tensor::max_pool2x2_backward(&x, &g).unwrap().to_vec(), dx_ref.to_vec());
+    }
+
+    #[test]
+    fn ties_go_where_the_reference_sends_them() {
+        // Values in {0, 1, 2}: most windows hold a tie for their maximum.
+        let mut rng = StdRng::seed_from_u64(4);
+        let values = (0..2 * 3 * 8 * 6).map(|_| rng.gen_range(0..3) as f32).collect();
+        let x = Tensor::from_vec(values, [2, 3, 8, 6]).unwrap();
+        let g = Tensor::randn([2, 3, 4, 3], &mut rng);
         let (y_ref, dx_ref) = max_pool2x2_reference(&x, &g).unwrap();
         assert_eq!(x.max_pool2x2().unwrap().to_vec(), y_ref.to_vec());
         assert_eq!(Tensor::max_pool2x2_backward(&x, &g).unwrap().to_vec(), dx_ref.to_vec());
