@@ -87,6 +87,7 @@ macro_rules! parity_tests {
             ops::writes_to_a_shared_device_buffer_copy_it_first,
             ops::empty_tensors,
             ops::mixed_devices_and_closures_are_errors,
+            ops::ndarray_interop_is_host_only,
             ops::layouts_the_kernels_cannot_take_are_errors,
             model::the_unet_pass_is_the_same_on_both_storages,
             model::training_steps_are_the_same_on_both_storages,

@@ -7,7 +7,7 @@
 use ddpm_tensor::backend::{synchronize, AdamStep};
 use ddpm_tensor::ops::{
     conv2d_backward_bias, conv2d_backward_input, conv2d_backward_shift, conv2d_backward_weight, group_norm_backward,
-    group_norm_silu_backward, BinaryOp, Conv2dParams, SamplingStep, UnaryBackward, UnaryOp, Update,
+    group_norm_silu_backward, softmax_reference, BinaryOp, Conv2dParams, SamplingStep, UnaryBackward, UnaryOp, Update,
 };
 use ddpm_tensor::{Device, Shape, Tensor, TensorError};
 use rand::rngs::StdRng;
@@ -525,6 +525,23 @@ pub fn mixed_devices_and_closures_are_errors(device: Device) {
     assert_eq!(e, TensorError::DeviceMismatch { op: "matmul_nt", lhs: device, rhs: Device::Cpu });
     assert_eq!(xd.map(|v| v + 1.0).unwrap_err(), TensorError::NoDeviceKernel { op: "map", device });
     assert_eq!(xd.zip_map(&xd, |a, b| a + b).unwrap_err(), TensorError::NoDeviceKernel { op: "zip_map", device });
+}
+
+/// ndarray arrays hold host memory: an array goes in and a result comes out
+/// through the host, and viewing or copying a device tensor as an array is an
+/// error naming the device (never a silent download), as are the references'.
+pub fn ndarray_interop_is_host_only(device: Device) {
+    let x = randn(&[2, 3, 4], 1400);
+    let xd = on(device, &Tensor::from_ndarray(x.to_ndarray().unwrap()));
+    let y = host(&xd.softmax().unwrap()).to_ndarray().unwrap();
+    let (y, want) = (Tensor::from_ndarray(y), x.softmax().unwrap());
+    assert_close("an array in, softmax on the device, an array out", &y, &want, tolerance(4));
+    for e in [xd.view_ndarray().unwrap_err(), xd.to_ndarray().unwrap_err(), softmax_reference(&xd).unwrap_err()] {
+        let msg = e.to_string();
+        assert!(msg.contains(&device.to_string()) && msg.contains(".to(Device::Cpu)"), "{msg}");
+    }
+    let e = xd.to_ndarray().unwrap_err();
+    assert!(matches!(e, TensorError::Invalid { op: "to_ndarray", .. }), "{e}");
 }
 
 pub fn layouts_the_kernels_cannot_take_are_errors(device: Device) {

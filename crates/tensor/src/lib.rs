@@ -12,12 +12,18 @@
 //!   runs there: the CPU kernel of this crate on the host, the backend's
 //!   kernel on a device. Mixing devices is an error; [`Tensor::to`] moves data.
 //! - Every fast kernel keeps a naive `*_reference` beside it (the spec), and the
-//!   tests compare the two.
+//!   tests compare the two. The references are the formulas written over
+//!   [`ndarray`] arrays with their own indices, mostly in f64; the fast kernels
+//!   are hand-written loops over slices.
 //! - Shape errors are values ([`TensorError`]), never panics.
+//! - Other Rust code hands arrays in and takes results out as [`ndarray`]
+//!   arrays: [`Tensor::from_ndarray`], [`Tensor::view_ndarray`] (no copy) and
+//!   [`Tensor::to_ndarray`], for host tensors.
 
 pub mod backend;
 mod device;
 mod error;
+mod interop;
 pub mod philox;
 pub mod pool;
 mod shape;
@@ -27,6 +33,9 @@ pub mod ops;
 
 pub use device::{Device, DeviceStorage, Storage};
 pub use error::{Result, TensorError};
+/// The ndarray this crate converts to and from ([`Tensor::from_ndarray`],
+/// [`Tensor::view_ndarray`], [`Tensor::to_ndarray`]): use it to be sure of one version.
+pub use ndarray;
 pub use shape::Shape;
 pub use tensor::Tensor;
 pub(crate) use tensor::{placement, Placement};

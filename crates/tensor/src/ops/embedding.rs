@@ -3,7 +3,12 @@
 //! table [V, D], indices [B] -> out [B, D] with out[b] = table[indices[b]].
 //! Backward: d_table[v] = sum of d_out[b] over every b with indices[b] == v,
 //! so an index used twice collects both gradients.
+//! [`index_select_rows_reference`] and [`index_add_rows_reference`] are those
+//! two formulas over ndarray arrays.
 
+use ndarray::{Array2, Ix2, Zip};
+
+use crate::interop::{from_f64, to_f64, view};
 use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 fn check(op: &'static str, table_rows: usize, indices: &[usize]) -> Result<()> {
@@ -58,9 +63,70 @@ impl Tensor {
     }
 }
 
+/// The specification of [`Tensor::index_select_rows`]: out[b, :] = table[indices[b], :].
+pub fn index_select_rows_reference(table: &Tensor, indices: &[usize]) -> Result<Tensor> {
+    let op = "index_select_rows_reference";
+    let table = view::<Ix2>(op, table)?;
+    check(op, table.nrows(), indices)?;
+    let mut out = Array2::<f32>::zeros((indices.len(), table.ncols()));
+    Zip::from(out.rows_mut()).and(indices).for_each(|mut row, &i| row.assign(&table.row(i)));
+    Ok(Tensor::from_ndarray(out))
+}
+
+/// The specification of [`Tensor::index_add_rows`], from d_out [B, D]:
+/// d_table[v, :] = sum of d_out[b, :] over every b with indices[b] = v, in f64.
+pub fn index_add_rows_reference(d_out: &Tensor, indices: &[usize], table_rows: usize) -> Result<Tensor> {
+    let op = "index_add_rows_reference";
+    let d_out = to_f64::<Ix2>(op, d_out)?;
+    if d_out.nrows() != indices.len() {
+        return Err(TensorError::invalid(op, format!("{} rows but {} indices", d_out.nrows(), indices.len())));
+    }
+    check(op, table_rows, indices)?;
+    let mut d_table = Array2::<f64>::zeros((table_rows, d_out.ncols()));
+    for (g, &i) in d_out.rows().into_iter().zip(indices) {
+        let mut row = d_table.row_mut(i);
+        row += &g;
+    }
+    Ok(from_f64(d_table))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// A table [rows, dim], a batch of indices into it (repeats likely) and a d_out for them.
+    fn check(rows: usize, dim: usize, batch: usize, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let table = Tensor::randn([rows, dim], &mut rng);
+        let indices: Vec<usize> = (0..batch).map(|_| rng.gen_range(0..rows)).collect();
+        let out = table.index_select_rows(&indices).unwrap();
+        assert_eq!(out.dims(), &[batch, dim]);
+        assert_eq!(out.to_vec(), index_select_rows_reference(&table, &indices).unwrap().to_vec());
+        let d_out = Tensor::randn([batch, dim], &mut rng);
+        let fast = d_out.index_add_rows(&indices, rows).unwrap();
+        let reference = index_add_rows_reference(&d_out, &indices, rows).unwrap();
+        assert_eq!(fast.shape(), reference.shape());
+        // f32 sums of up to `batch` N(0, 1) numbers against f64 sums rounded once.
+        let err = fast.max_abs_diff(&reference).unwrap();
+        assert!(err <= 1e-6 * batch as f32, "{rows} x {dim}, {batch} indices: {err}");
+    }
+
+    #[test]
+    fn the_unet_time_embedding_and_class_table_match_the_reference() {
+        check(1000, 128, 128, 1); // time steps: few repeats
+        check(11, 64, 256, 2); // ten classes and the null class: many repeats
+    }
+
+    proptest! {
+        #[test]
+        fn any_lookup_matches_the_reference(
+            rows in 1usize..8, dim in 1usize..6, batch in 0usize..20, seed in 0u64..1000,
+        ) {
+            check(rows, dim, batch, seed);
+        }
+    }
 
     #[test]
     fn lookup_and_scatter_add() {

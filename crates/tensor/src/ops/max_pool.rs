@@ -8,8 +8,11 @@
 //! as PyTorch does; the derivative is undefined there, and any one choice gives
 //! a valid subgradient.
 
+use ndarray::{s, Array4, Ix4, Zip};
+
 use super::parallel::for_each_row;
 use crate::backend::Planes;
+use crate::interop::view;
 use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 /// (N, C, H, W) of an input with even H and W.
@@ -90,41 +93,37 @@ impl Tensor {
     }
 }
 
-/// The definition, loop by loop: y and dL/dx of 2x2 max pooling (the first
-/// maximum in row-major order of each window takes the gradient).
+/// The definition over ndarray arrays: y and dL/dx of 2x2 max pooling.
+/// Each window x[n, c, 2i..2i+2, 2j..2j+2] gives its largest value to
+/// y[n, c, i, j], and its first maximum in row-major order takes g[n, c, i, j]
+/// (a later element must be strictly larger to take over, as in the kernel).
 pub fn max_pool2x2_reference(x: &Tensor, d_out: &Tensor) -> Result<(Tensor, Tensor)> {
-    let (n, c, h, w) = even_planes("max_pool2x2_reference", x)?;
+    let op = "max_pool2x2_reference";
+    let (n, c, h, w) = even_planes(op, x)?;
     let (ho, wo) = (h / 2, w / 2);
-    d_out.expect_shape("max_pool2x2_reference", &Shape::new([n, c, ho, wo]))?;
-    let at = |p: usize, i: usize, j: usize| (p * h + i) * w + j;
-    let (xs, g) = (x.as_slice(), d_out.as_slice());
-    let mut y = vec![0.0; n * c * ho * wo];
-    let mut dx = vec![0.0; x.numel()];
-    for p in 0..n * c {
-        for i in 0..ho {
-            for j in 0..wo {
-                let mut best = at(p, 2 * i, 2 * j);
-                for a in 0..2 {
-                    for b in 0..2 {
-                        if xs[at(p, 2 * i + a, 2 * j + b)] > xs[best] {
-                            best = at(p, 2 * i + a, 2 * j + b);
-                        }
-                    }
-                }
-                let o = (p * ho + i) * wo + j;
-                y[o] = xs[best];
-                dx[best] = g[o];
+    d_out.expect_shape(op, &Shape::new([n, c, ho, wo]))?;
+    let (x, g) = (view::<Ix4>(op, x)?, view::<Ix4>(op, d_out)?);
+    let mut y = Array4::<f32>::zeros((n, c, ho, wo));
+    let mut dx = Array4::<f32>::zeros((n, c, h, w));
+    Zip::indexed(&mut y).and(&g).for_each(|(n, c, i, j), y, &g| {
+        let window = x.slice(s![n, c, 2 * i..2 * i + 2, 2 * j..2 * j + 2]);
+        let mut best = (0, 0);
+        for ((a, b), &v) in window.indexed_iter() {
+            if v > window[best] {
+                best = (a, b);
             }
         }
-    }
-    Ok((Tensor::from_parts(y, Shape::new([n, c, ho, wo])), Tensor::from_parts(dx, x.shape().clone())))
+        *y = window[best];
+        dx[[n, c, 2 * i + best.0, 2 * j + best.1]] = g;
+    });
+    Ok((Tensor::from_ndarray(y), Tensor::from_ndarray(dx)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use rand::{rngs::StdRng, SeedableRng};
+    use rand::{rngs::StdRng, Rng, SeedableRng};
 
     #[test]
     fn each_window_gives_its_largest_value() {
@@ -157,6 +156,18 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(seed);
         let x = Tensor::randn(dims, &mut rng);
         let g = Tensor::randn([dims[0], dims[1], dims[2] / 2, dims[3] / 2], &mut rng);
+        let (y_ref, dx_ref) = max_pool2x2_reference(&x, &g).unwrap();
+        assert_eq!(x.max_pool2x2().unwrap().to_vec(), y_ref.to_vec());
+        assert_eq!(Tensor::max_pool2x2_backward(&x, &g).unwrap().to_vec(), dx_ref.to_vec());
+    }
+
+    #[test]
+    fn ties_go_where_the_reference_sends_them() {
+        // Values in {0, 1, 2}: most windows hold a tie for their maximum.
+        let mut rng = StdRng::seed_from_u64(4);
+        let values = (0..2 * 3 * 8 * 6).map(|_| rng.gen_range(0..3) as f32).collect();
+        let x = Tensor::from_vec(values, [2, 3, 8, 6]).unwrap();
+        let g = Tensor::randn([2, 3, 4, 3], &mut rng);
         let (y_ref, dx_ref) = max_pool2x2_reference(&x, &g).unwrap();
         assert_eq!(x.max_pool2x2().unwrap().to_vec(), y_ref.to_vec());
         assert_eq!(Tensor::max_pool2x2_backward(&x, &g).unwrap().to_vec(), dx_ref.to_vec());

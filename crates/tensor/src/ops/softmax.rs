@@ -3,7 +3,10 @@
 //! Stable form: softmax(x)_i = exp(x_i - m) / sum_j exp(x_j - m) with m = max_j x_j,
 //! which equals the textbook formula but never overflows exp.
 
+use ndarray::{Axis, IxDyn, Zip};
+
 use super::parallel::for_each_row;
+use crate::interop::{from_f64, to_f64};
 use crate::{placement, Placement, Result, Tensor, TensorError};
 
 /// The device arm of a row-wise softmax (or log-softmax) over rows of `cols`.
@@ -109,18 +112,18 @@ impl Tensor {
     }
 }
 
-/// The specification: the textbook formula exp(x_i) / sum_j exp(x_j) in f64.
+/// The specification: the textbook formula y_i = exp(x_i) / sum_j exp(x_j)
+/// in f64, one lane (row) of the last axis at a time.
 pub fn softmax_reference(x: &Tensor) -> Result<Tensor> {
-    let n = last_axis("softmax_reference", x)?;
-    let out: Vec<f32> = x
-        .as_slice()
-        .chunks(n)
-        .flat_map(|row| {
-            let total: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
-            row.iter().map(move |&v| ((v as f64).exp() / total) as f32)
-        })
-        .collect();
-    Tensor::from_vec(out, x.shape().clone())
+    let op = "softmax_reference";
+    last_axis(op, x)?;
+    let mut y = to_f64::<IxDyn>(op, x)?;
+    let last = Axis(y.ndim() - 1);
+    Zip::from(y.lanes_mut(last)).for_each(|mut row| {
+        let total: f64 = row.iter().map(|v| v.exp()).sum();
+        row.mapv_inplace(|v| v.exp() / total);
+    });
+    Ok(from_f64(y))
 }
 
 #[cfg(test)]

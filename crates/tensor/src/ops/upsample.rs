@@ -2,10 +2,15 @@
 //!
 //! x [N, C, H, W] -> y [N, C, 2H, 2W] with y[n, c, i, j] = x[n, c, i/2, j/2].
 //! Backward: each input pixel fed four outputs, so it receives the sum of
-//! their four gradients.
+//! their four gradients, d_x[n, c, i, j] = sum of d_y[n, c, 2i..2i+2, 2j..2j+2].
+//! [`upsample_nearest2x_reference`] and [`upsample_nearest2x_backward_reference`]
+//! are those two formulas over ndarray arrays.
+
+use ndarray::{s, Array4, Ix4, Zip};
 
 use super::parallel::for_each_row;
 use crate::backend::Planes;
+use crate::interop::{from_f64, to_f64, view};
 use crate::{placement, Placement, Result, Shape, Tensor, TensorError};
 
 fn planes(op: &'static str, x: &Tensor) -> Result<(usize, usize, usize, usize)> {
@@ -64,9 +69,66 @@ impl Tensor {
     }
 }
 
+/// The specification of [`Tensor::upsample_nearest2x`]: y[n, c, i, j] = x[n, c, i/2, j/2].
+pub fn upsample_nearest2x_reference(x: &Tensor) -> Result<Tensor> {
+    let op = "upsample_nearest2x_reference";
+    let (n, c, h, w) = planes(op, x)?;
+    let x = view::<Ix4>(op, x)?;
+    let mut y = Array4::<f32>::zeros((n, c, 2 * h, 2 * w));
+    Zip::indexed(&mut y).for_each(|(n, c, i, j), y| *y = x[[n, c, i / 2, j / 2]]);
+    Ok(Tensor::from_ndarray(y))
+}
+
+/// The specification of [`Tensor::upsample_nearest2x_backward`], from d_out =
+/// dL/dy [N, C, 2H, 2W]: each input pixel's gradient is the sum, in f64, of
+/// the 2x2 block of outputs it was copied to.
+pub fn upsample_nearest2x_backward_reference(d_out: &Tensor) -> Result<Tensor> {
+    let op = "upsample_nearest2x_backward_reference";
+    let (n, c, h2, w2) = planes(op, d_out)?;
+    if h2 % 2 != 0 || w2 % 2 != 0 {
+        return Err(TensorError::invalid(op, format!("odd size {}", d_out.shape())));
+    }
+    let d_y = to_f64::<Ix4>(op, d_out)?;
+    let mut d_x = Array4::<f64>::zeros((n, c, h2 / 2, w2 / 2));
+    Zip::indexed(&mut d_x)
+        .for_each(|(n, c, i, j), d_x| *d_x = d_y.slice(s![n, c, 2 * i..2 * i + 2, 2 * j..2 * j + 2]).sum());
+    Ok(from_f64(d_x))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use rand::{rngs::StdRng, SeedableRng};
+
+    fn check(dims: [usize; 4], seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let x = Tensor::randn(dims, &mut rng);
+        assert_eq!(x.upsample_nearest2x().unwrap().to_vec(), upsample_nearest2x_reference(&x).unwrap().to_vec());
+        let [n, c, h, w] = dims;
+        let g = Tensor::randn([n, c, 2 * h, 2 * w], &mut rng);
+        let (fast, reference) =
+            (g.upsample_nearest2x_backward().unwrap(), upsample_nearest2x_backward_reference(&g).unwrap());
+        assert_eq!(fast.shape(), reference.shape());
+        // Four f32 additions against an f64 sum rounded once: a few ulp of sums of size ~2.
+        let err = fast.max_abs_diff(&reference).unwrap();
+        assert!(err < 1e-6, "{dims:?}: {err}");
+    }
+
+    #[test]
+    fn large_enough_to_run_in_parallel() {
+        // 16 x 32 x 14 x 14 in, four times that out: past the parallel threshold both ways.
+        check([16, 32, 14, 14], 1);
+    }
+
+    proptest! {
+        #[test]
+        fn any_shape_matches_the_reference(
+            n in 1usize..4, c in 1usize..4, h in 1usize..6, w in 1usize..6, seed in 0u64..1000,
+        ) {
+            check([n, c, h, w], seed);
+        }
+    }
 
     #[test]
     fn each_pixel_becomes_a_block() {

@@ -64,8 +64,9 @@
 //!   and the 3x3 weight gradient. Elsewhere `no_direct.rs` stands in for it with a
 //!   `Direct` that is never made.
 //! - `reference.rs`: [`conv2d_reference`], [`conv2d_backward_input_reference`] and
-//!   [`conv2d_backward_weight_reference`], the defining sum as plain loops
-//!   accumulated in f64: the specification the fast paths are held to.
+//!   [`conv2d_backward_weight_reference`], the defining sum as plain loops over
+//!   ndarray arrays in f64, indexed as the formula is: the specification the
+//!   fast paths are held to.
 //! - `tests.rs`: the forward pass and its gradients (input, weight, bias) on the
 //!   CPU against the references on random data (many small shapes, the U-Net's
 //!   shapes, shapes that exercise the direct kernels' tiles, and proptest's small
