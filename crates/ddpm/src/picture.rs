@@ -241,18 +241,20 @@ fn host_images(images: &Tensor) -> Result<(Vec<f32>, Geometry)> {
 /// Every frame's values on the host; the frames must be alike and there
 /// must be at least one.
 fn host_frames(frames: &[Tensor]) -> Result<(Vec<Vec<f32>>, Geometry)> {
-    let Some(first) = frames.first() else {
-        return Err(PictureError::Layout("a denoising chain needs at least one frame".into()));
-    };
-    let geometry = host_images(first)?.1;
     let mut values = Vec::with_capacity(frames.len());
+    let mut geometry = None;
     for (f, frame) in frames.iter().enumerate() {
         let (v, g) = host_images(frame)?;
-        if g != geometry {
-            return Err(PictureError::Layout(format!("frame {f} is {g:?}, frame 0 is {geometry:?}")));
+        match geometry {
+            None => geometry = Some(g),
+            Some(first) if g != first => {
+                return Err(PictureError::Layout(format!("frame {f} is {g:?}, frame 0 is {first:?}")));
+            }
+            Some(_) => {}
         }
         values.push(v);
     }
+    let geometry = geometry.ok_or_else(|| PictureError::Layout("a denoising chain needs at least one frame".into()))?;
     Ok((values, geometry))
 }
 

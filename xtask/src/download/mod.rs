@@ -618,22 +618,12 @@ fn download(
 /// gzip stream with nothing after it. `Err` only for a file that cannot be read.
 fn gzip_contents(path: &Path, expected: u64) -> io::Result<Result<(String, u64), String>> {
     let mut gz = flate2::bufread::GzDecoder::new(io::BufReader::new(File::open(path)?));
-    let mut hasher = Md5::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        match gz.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                hasher.update(&buf[..n]);
-                total += n as u64;
-                if total > expected {
-                    return Ok(Err(format!("decompresses to more than the expected {expected} bytes")));
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Ok(Err(format!("is not a whole gzip file ({e})"))),
-        }
+    let (md5, total) = match md5_of(&mut gz, expected.saturating_add(1)) {
+        Ok(hashed) => hashed,
+        Err(e) => return Ok(Err(format!("is not a whole gzip file ({e})"))),
+    };
+    if total > expected {
+        return Ok(Err(format!("decompresses to more than the expected {expected} bytes")));
     }
     // The decoder stops at the end of the first gzip member: anything after
     // it (a second member, garbage) is not the original contents.
@@ -641,7 +631,7 @@ fn gzip_contents(path: &Path, expected: u64) -> io::Result<Result<(String, u64),
     if !io::BufRead::fill_buf(&mut rest)?.is_empty() {
         return Ok(Err("has bytes after its gzip stream".to_string()));
     }
-    Ok(Ok((hex(&hasher.finalize()), total)))
+    Ok(Ok((md5, total)))
 }
 
 /// Sorts a transport error into "no connection" (likely offline) or other.
@@ -679,18 +669,28 @@ fn progress_bar(show: bool, len: Option<u64>, name: &str) -> ProgressBar {
 
 /// The md5 of a file on disk, lowercase hex.
 fn file_md5(path: &Path) -> io::Result<String> {
-    let mut f = File::open(path)?;
+    Ok(md5_of(File::open(path)?, u64::MAX)?.0)
+}
+
+/// The md5 (lowercase hex) of the first `limit` bytes `reader` yields, and
+/// how many bytes that was.
+fn md5_of(reader: impl Read, limit: u64) -> io::Result<(String, u64)> {
+    let mut reader = reader.take(limit);
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
     loop {
-        match f.read(&mut buf) {
+        match reader.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                total += n as u64;
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    Ok(hex(&hasher.finalize()))
+    Ok((hex(&hasher.finalize()), total))
 }
 
 /// Lowercase hex of a digest.
