@@ -32,5 +32,5 @@ pub mod train;
 pub use fit::{Fit, Progress, Stop};
 pub use loss::train_loss;
 pub use pipeline::{Pipeline, Samples, Sampling};
-pub use schedule::{Schedule, ScheduleKind};
+pub use schedule::{Schedule, ScheduleKind, TIMESTEPS};
 pub use train::{TrainConfig, Trainer};

@@ -12,6 +12,12 @@ use std::str::FromStr;
 
 use ddpm_tensor::{Result, Tensor, TensorError};
 
+/// The smallest and largest T a model may have. One step (T = 1) leaves no
+/// chain to learn; above 100,000 a DDPM sample takes hours even for `tiny`,
+/// and every published schedule uses T <= 4,000. A checkpoint or a training
+/// state outside this range is refused rather than run.
+pub const TIMESTEPS: std::ops::RangeInclusive<usize> = 2..=100_000;
+
 /// How beta_t grows with t.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleKind {
