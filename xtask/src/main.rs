@@ -55,10 +55,29 @@ fn main() -> ExitCode {
     match on_worker_thread(|| run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes as one line: each cause once (a cause whose text
+/// the message already holds, as a wrapped error's often does, is not
+/// repeated), and every control character escaped, so that bytes read from a
+/// bad file cannot break the line or drive the terminal.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line += ": ";
+        }
+        line += &text;
+    }
+    line.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// Runs `job` on one of rayon's worker threads rather than on the main thread.
@@ -76,6 +95,35 @@ fn on_worker_thread<T: Send>(job: impl FnOnce() -> T + Send) -> T {
     // Only fails if a global pool already exists, which then serves as well.
     let _ = rayon::ThreadPoolBuilder::new().stack_size(STACK_BYTES).build_global();
     rayon::scope(|_| job())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("metadata entry \"preset\" is missing")]
+    struct Missing;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("checkpoint x: {source}")]
+    struct Wrapped {
+        source: Missing,
+    }
+
+    #[test]
+    fn a_cause_is_printed_once() {
+        let e = anyhow::Error::new(Wrapped { source: Missing });
+        assert_eq!(one_line(&e), "checkpoint x: metadata entry \"preset\" is missing");
+        let e = anyhow::Error::new(Missing).context("cannot sample");
+        assert_eq!(one_line(&e), "cannot sample: metadata entry \"preset\" is missing");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        let e = anyhow::anyhow!("schedule \"lin\u{1b}[2J\near\"");
+        assert_eq!(one_line(&e), "schedule \"lin\\u{1b}[2J\\near\"");
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
