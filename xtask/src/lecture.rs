@@ -19,7 +19,7 @@ use clap::Args;
 use ddpm::data::{locate, Split, TEST_IMAGES, TEST_LABELS};
 use ddpm::picture;
 use ddpm::rng::{stream, Stream};
-use ddpm::sampler::Method;
+use ddpm::sampler::{self, Conditioning, Method, SampleError};
 use ddpm::{Pipeline, Sampling, Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
 use ddpm_tensor::Device;
@@ -45,9 +45,14 @@ pub struct LectureArgs {
     seed: u64,
 }
 
+/// The most draws section 2 takes.
+const MAX_DRAWS: usize = 100_000;
+
 pub fn run(args: LectureArgs) -> Result<()> {
-    if args.draws < 2 {
-        anyhow::bail!("--draws must be at least 2");
+    // Section 2 holds four copies of the draws (x_0, the chain's x_t, the
+    // closed form's and the noise), 3 KB each.
+    if !(2..=MAX_DRAWS).contains(&args.draws) {
+        anyhow::bail!("--draws must be 2 ..= {MAX_DRAWS} (1.25 GB of images at the most), not {}", args.draws);
     }
     if let Some(path) = &args.checkpoint {
         if !path.is_file() {
@@ -202,6 +207,12 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
             pairs[y as usize].push(i);
         }
     }
+    if let Some((digit, found)) = pairs.iter().enumerate().find(|(_, p)| p.len() < 2) {
+        anyhow::bail!(
+            "the test split ({TEST_LABELS}) has {} image(s) of digit {digit}; the row of real digits needs two of each",
+            found.len()
+        );
+    }
     let order: Vec<usize> = (0..2).flat_map(|k| pairs.iter().map(move |p| p[k])).collect();
     let mut results = vec![("real test digits", test.batch(&order).0, out.join("real.png"))];
     for (method, name) in [(Method::Lecture, "lecture_formula.png"), (Method::Ddpm, "ddpm.png")] {
@@ -251,28 +262,45 @@ fn draw_raw(pipeline: &Pipeline, sampling: &Sampling) -> Result<Tensor> {
 /// / abar_t with t running up from the first step to T, from the same x_T:
 /// x, frame by frame, until it overflows (`lecture_jump.png`, the chain of
 /// the first ten images while it is finite).
+///
+/// The sampler refuses to go on once x holds an infinity or a NaN, so the
+/// loop is run here through `sampler::run` itself: its observer keeps the
+/// frames, and its "diverged" error, expected here, says at which step.
 fn second_loop(pipeline: &Pipeline, out: &Path, n: usize, seed: u64) -> Result<()> {
     println!(
         "\nthe lecture's second loop:  x = (1 / abar_t) (x - bbar_t f(x, t)),  t = 0, 1, ..., T-1, from the same x_T:\n"
     );
-    let sampling =
-        Sampling { method: Method::LectureJump, guidance: 0.0, seed, keep_frames: true, ..pipeline.sampling(n) };
-    let frames = sample_with_bar(pipeline, &sampling, true)?.frames;
-    // Frame 0 is x_T; frame k > 0 is x after the step at t = k * every - 1.
-    let every = pipeline.schedule().timesteps().div_ceil(frames.len() - 1);
+    let (model, schedule) = (pipeline.model(), pipeline.schedule());
+    let x_t = Pipeline::initial_noise(n, seed);
+    let labels = pipeline.grid_labels(n);
+    let cond = Conditioning { labels: labels.as_deref(), guidance: 0.0 };
+    let method = Method::LectureJump;
+    let every = method.num_steps(schedule).div_ceil(20);
+    // (the step's timestep, x after it) every `every` steps, x_T first.
+    let mut frames: Vec<(Option<usize>, Tensor)> = vec![(None, x_t.clone())];
+    let ended = sampler::run(model, schedule, &x_t.to(pipeline.device())?, method, cond, 0, &mut |i, t, x| {
+        if (i + 1) % every == 0 {
+            frames.push((Some(t), x.clone()));
+        }
+    });
+    let diverged = match ended {
+        Ok(_) => None,
+        Err(SampleError::Diverged { t, count, .. }) => Some((t, count)),
+        Err(e) => return Err(e.into()),
+    };
     println!("{:>9} {:>12} {:>12}", "after t", "mean", "max |x|");
     let mut shown = vec![];
-    for (k, frame) in frames.iter().enumerate() {
+    for (t, frame) in &frames {
+        let frame = frame.to(Device::Cpu)?;
         let v = frame.as_slice();
         let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
-        let max = v.iter().fold(0f32, |m, x| if x.is_finite() { m.max(x.abs()) } else { f32::INFINITY });
-        let at = if k == 0 { "x_T".to_string() } else { (k * every - 1).to_string() };
+        let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let at = t.map_or("x_T".to_string(), |t| t.to_string());
         println!("{at:>9} {mean:>12.4e} {max:>12.4e}");
-        if !max.is_finite() {
-            println!("{:>9} (x has overflowed f32: infinities, then NaN)", "");
-            break;
-        }
         shown.push(frame.narrow(0, 0, 10)?.clamp(-1.0, 1.0)?);
+    }
+    if let Some((t, count)) = diverged {
+        println!("{t:>9} (x has overflowed f32: {count} of its {} values are infinite or NaN)", n * 784);
     }
     let path = out.join("lecture_jump.png");
     picture::strip_png(&path, &shown, 2)?;

@@ -40,8 +40,8 @@ use ddpm_tensor::Device;
 use rand::Rng;
 
 use crate::rng::{stream, Stream};
-use crate::sampler::{self, check_method, Conditioning, Method};
-use crate::{Schedule, ScheduleKind};
+use crate::sampler::{self, check_method, Conditioning, Method, SampleError};
+use crate::{Schedule, ScheduleKind, TIMESTEPS};
 
 /// Guidance when none is asked for: mild, for conditional models. It makes
 /// the asked-for digit clearer without the saturated strokes of large w.
@@ -50,6 +50,21 @@ pub const DEFAULT_GUIDANCE: f32 = 1.0;
 /// Images sampled per network call: enough to keep two CPU cores busy, few
 /// enough to stay in cache.
 pub const CHUNK: usize = 100;
+
+/// The most images one call samples: 100,000 images are 314 MB of results
+/// (and as much again for x_T), and take hours on a CPU; more images come
+/// from more calls with other seeds.
+pub const MAX_IMAGES: usize = 100_000;
+
+/// The most images whose denoising chains are kept (`keep_frames`): about 21
+/// copies of every image, 66 KB each.
+pub const MAX_IMAGES_WITH_FRAMES: usize = 1_000;
+
+/// The guidance weights w accepted: w = -1 gives the model's unconditional
+/// noise estimate, 0 its conditional one, and past about 5 the strokes
+/// saturate; 20 is far beyond any useful weight, and larger ones only
+/// amplify the network's errors.
+pub const GUIDANCE: std::ops::RangeInclusive<f32> = -1.0..=20.0;
 
 /// Why a pipeline could not be made, or could not sample. One line each,
 /// naming the file and the field, or the setting.
@@ -63,6 +78,8 @@ pub enum PipelineError {
     Invalid(String),
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    #[error(transparent)]
+    Sample(#[from] SampleError),
 }
 
 /// What to sample: the reverse process, how many images, what they are
@@ -143,8 +160,9 @@ impl Pipeline {
             return Err(field("num_classes", reason));
         }
         let kind: ScheduleKind = meta.schedule.parse().map_err(|e| field("schedule", e))?;
-        if meta.timesteps < 2 {
-            return Err(field("timesteps", format!("{}: T must be at least 2", meta.timesteps)));
+        if !TIMESTEPS.contains(&meta.timesteps) {
+            let reason = format!("{}: T must be {} ..= {}", meta.timesteps, TIMESTEPS.start(), TIMESTEPS.end());
+            return Err(field("timesteps", reason));
         }
         // The weights are overwritten by the file's: the initial ones do not matter.
         let model = UNet::new(preset, meta.num_classes, &mut stream(0, Stream::Init, 0));
@@ -198,18 +216,38 @@ impl Pipeline {
     }
 
     /// Refuses settings that cannot sample from this model, naming the
-    /// setting: no images, DDIM steps outside 1 ..= T or a negative eta,
-    /// guidance that is not finite or without a conditional model and
-    /// labels, labels that are not digits of the model or not one per
-    /// image, an x_T of another shape.
+    /// setting: no images or more than [`MAX_IMAGES`] ([`MAX_IMAGES_WITH_FRAMES`]
+    /// with the chains kept), DDIM steps outside 1 ..= T or an eta outside
+    /// [0, 1], guidance outside [`GUIDANCE`] or without a conditional model
+    /// and labels, labels that are not digits of the model or not one per
+    /// image, an x_T of another shape or with a NaN or an infinity.
     pub fn check(&self, s: &Sampling) -> Result<(), PipelineError> {
         let bad = |msg: String| Err(PipelineError::Invalid(msg));
         if s.n == 0 {
             return bad("no images asked for (n is 0)".into());
         }
+        if s.n > MAX_IMAGES {
+            return bad(format!(
+                "{} images asked for, at most {MAX_IMAGES} per run (each is 3 KB of results, and takes a fraction of a \
+                 second); sample more in several runs with other seeds",
+                s.n
+            ));
+        }
+        if s.keep_frames && s.n > MAX_IMAGES_WITH_FRAMES {
+            return bad(format!(
+                "{} images asked for with their denoising chains, at most {MAX_IMAGES_WITH_FRAMES} (each chain keeps \
+                 about 21 copies of its image)",
+                s.n
+            ));
+        }
         check_method(&self.schedule, s.method).or_else(|e| bad(e.to_string()))?;
-        if !s.guidance.is_finite() {
-            return bad(format!("the guidance must be a number, not {}", s.guidance));
+        if !GUIDANCE.contains(&s.guidance) {
+            return bad(format!(
+                "the guidance must be in [{}, {}], not {}",
+                GUIDANCE.start(),
+                GUIDANCE.end(),
+                s.guidance
+            ));
         }
         let classes = self.model.num_classes;
         if s.guidance != 0.0 && (classes == 0 || s.labels.is_none()) {
@@ -229,6 +267,11 @@ impl Pipeline {
         if let Some(x_t) = &s.init_noise {
             if x_t.dims() != [s.n, 1, 28, 28] {
                 return bad(format!("the initial noise has shape {}, expected [{}, 1, 28, 28]", x_t.shape(), s.n));
+            }
+            let x_t = x_t.to(Device::Cpu)?;
+            let count = x_t.as_slice().iter().filter(|v| !v.is_finite()).count();
+            if count > 0 {
+                return bad(format!("the initial noise holds {count} NaN or infinite values"));
             }
         }
         Ok(())

@@ -28,6 +28,7 @@
 use ddpm_autograd::{no_grad, Result, Tensor, TensorError, Var};
 use ddpm_nn::layers::Mode;
 use ddpm_nn::UNet;
+use ddpm_tensor::Device;
 pub use ddpm_tensor::ops::{apply_update, SamplingStep, Update};
 
 use crate::Schedule;
@@ -205,17 +206,51 @@ impl Method {
     }
 }
 
-/// Refuses DDIM step counts outside 1..=T and a negative or infinite eta.
+/// Refuses DDIM step counts outside 1..=T and an eta outside [0, 1].
+///
+/// eta scales DDIM's fresh noise sigma; at eta = 1 sigma^2 is the DDPM
+/// posterior variance, and above 1 it is larger than the 1 - alphabar_prev
+/// the step has to give out, so the direction term sqrt(1 - alphabar_prev -
+/// sigma^2) would be the square root of a negative number: NaN.
 pub fn check_method(schedule: &Schedule, method: Method) -> Result<()> {
     if let Method::Ddim { steps, eta } = method {
         if steps == 0 || steps > schedule.timesteps() {
             return Err(TensorError::invalid("sample_ddim", format!("steps must be 1 ..= {}", schedule.timesteps())));
         }
-        if !(eta >= 0.0 && eta.is_finite()) {
-            return Err(TensorError::invalid("sample_ddim", format!("eta must be >= 0, not {eta}")));
+        if !(0.0..=1.0).contains(&eta) {
+            return Err(TensorError::invalid("sample_ddim", format!("eta must be in [0, 1], not {eta}")));
         }
     }
     Ok(())
+}
+
+/// Why the reverse process stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    /// x held NaN or infinite values after step `step` (1-based) of `steps`,
+    /// the one at timestep `t`: nothing after it would mean anything.
+    #[error(
+        "the sampler diverged: after step {step} of {steps} (t = {t}) x holds {count} NaN or infinite values; \
+         nothing was written"
+    )]
+    Diverged { step: usize, steps: usize, t: usize, count: usize },
+}
+
+/// The number of NaN and infinite values in x, without bringing x to the
+/// host where it is finite: a device sends back one number, the sum, which
+/// is finite unless a value is not (or the values are so large that their
+/// sum overflows; then x is read to tell the two apart).
+fn non_finite_count(x: &Tensor) -> Result<usize> {
+    let count = |x: &Tensor| x.as_slice().iter().filter(|v| !v.is_finite()).count();
+    if x.device() == Device::Cpu {
+        return Ok(count(x));
+    }
+    if x.sum_all()?.to(Device::Cpu)?.as_slice()[0].is_finite() {
+        return Ok(0);
+    }
+    Ok(count(&x.to(Device::Cpu)?))
 }
 
 /// Runs the reverse process from x_T and returns the last x before the final
@@ -225,6 +260,11 @@ pub fn check_method(schedule: &Schedule, method: Method) -> Result<()> {
 /// observer's choice). Fresh noise (every DDPM step, and DDIM steps when
 /// eta > 0) is draw i of the Philox stream `noise` at step i, the same
 /// numbers on every device, so a seed gives the same samples on each.
+///
+/// A step that leaves a NaN or an infinity in x stops the loop with
+/// [`SampleError::Diverged`] naming it (the observer does not see that x):
+/// from there on every image would be NaN, and a NaN image clamps to a
+/// picture that looks like a result.
 pub fn run(
     model: &UNet,
     schedule: &Schedule,
@@ -233,7 +273,7 @@ pub fn run(
     cond: Conditioning,
     noise: u64,
     observe: &mut dyn FnMut(usize, usize, &Tensor),
-) -> Result<Tensor> {
+) -> std::result::Result<Tensor, SampleError> {
     check_method(schedule, method)?;
     let ts = method.timesteps(schedule);
     let guidance = cond.labels.and(Some(cond.guidance)).filter(|&w| w != 0.0);
@@ -242,6 +282,10 @@ pub fn run(
         let eps = noise_estimates(model, &x, t, cond)?;
         let step = SamplingStep { update: method.update(schedule, &ts, i), guidance, seed: noise, offset: i as u64 };
         x = x.sampling_step(&eps, &step)?;
+        let count = non_finite_count(&x)?;
+        if count > 0 {
+            return Err(SampleError::Diverged { step: i + 1, steps: ts.len(), t, count });
+        }
         observe(i, t, &x);
     }
     Ok(x)
@@ -258,8 +302,8 @@ pub fn sample_ddim(
     eta: f64,
     cond: Conditioning,
     noise: u64,
-) -> Result<Tensor> {
-    ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, noise)?.clamp(-1.0, 1.0)
+) -> std::result::Result<Tensor, SampleError> {
+    Ok(ddim_trajectory_end(model, schedule, x_t, steps, eta, cond, noise)?.clamp(-1.0, 1.0)?)
 }
 
 /// The DDIM loop's last x, before the final clamp to the pixel range.
@@ -271,14 +315,20 @@ pub fn ddim_trajectory_end(
     eta: f64,
     cond: Conditioning,
     noise: u64,
-) -> Result<Tensor> {
+) -> std::result::Result<Tensor, SampleError> {
     run(model, schedule, x_t, Method::Ddim { steps, eta }, cond, noise, &mut |_, _, _| {})
 }
 
 /// DDPM ancestral sampling over all T steps from x_T ~ N(0, I) (paper Algorithm 2).
 /// Returns x_0 clamped to [-1, 1].
-pub fn sample_ddpm(model: &UNet, schedule: &Schedule, x_t: &Tensor, cond: Conditioning, noise: u64) -> Result<Tensor> {
-    run(model, schedule, x_t, Method::Ddpm, cond, noise, &mut |_, _, _| {})?.clamp(-1.0, 1.0)
+pub fn sample_ddpm(
+    model: &UNet,
+    schedule: &Schedule,
+    x_t: &Tensor,
+    cond: Conditioning,
+    noise: u64,
+) -> std::result::Result<Tensor, SampleError> {
+    Ok(run(model, schedule, x_t, Method::Ddpm, cond, noise, &mut |_, _, _| {})?.clamp(-1.0, 1.0)?)
 }
 
 #[cfg(test)]
