@@ -147,17 +147,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     trainer.to_device(device)?;
     let start_step = trainer.step_count();
-    let stop = stop_of(&args);
-    let target = match stop {
-        Stop::Steps(n) => Some(n),
-        Stop::Epochs(e) => Some(e.saturating_mul(trainer.batches_per_epoch())),
-        Stop::Time(_) => None,
-    };
-    if let Some(n) = target.filter(|&n| n <= start_step) {
-        bail!("the run already has {start_step} steps ({n} asked for); ask for more with --steps or --epochs");
-    }
     if args.resume {
-        // A kill between the state's rename and the model's leaves the model a
+        // First, whatever else this run does: a kill between the state's rename and the model's leaves the model a
         // save behind (or missing): the state's EMA is the model of its step.
         if let Some(had) = trainer.repair_model(&out)? {
             let had = had.map_or("of no known step".to_string(), |k| format!("of step {k}"));
@@ -166,6 +157,15 @@ pub fn run(args: TrainArgs) -> Result<()> {
                  saves): rewrote {MODEL} from the state's EMA weights"
             );
         }
+    }
+    let stop = stop_of(&args);
+    let target = match stop {
+        Stop::Steps(n) => Some(n),
+        Stop::Epochs(e) => Some(e.saturating_mul(trainer.batches_per_epoch())),
+        Stop::Time(_) => None,
+    };
+    if let Some(n) = target.filter(|&n| n <= start_step) {
+        bail!("the run already has {start_step} steps ({n} asked for); ask for more with --steps or --epochs");
     }
 
     let created = create_folder(&out)?;
