@@ -59,13 +59,21 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
 #[test]
 fn devices_folders_and_two_outputs_at_one_path_are_refused() {
     let tmp = temp_dir("kinds");
-    let result = sample(&["--out", "/dev/null"]);
-    assert_fails_with(
-        &result,
-        "--out /dev/null is a device, not a regular file; outputs are written by replacing the file",
-    );
+    // /dev/null itself where a broken check could not replace it (not root);
+    // as root, a node of the same device made in the test's folder, so that a
+    // broken check replaces that one and not the machine's.
+    let null = device_like_dev_null(tmp.path());
+    let said = format!("--out {} is a device, not a regular file; outputs are written by replacing the file", s(&null));
+    assert_fails_with(&sample(&["--out", s(&null)]), &said);
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device(), "/dev/null is still a device");
+    assert!(std::fs::metadata(&null).unwrap().file_type().is_char_device(), "{} is still a device", null.display());
+    if null != Path::new("/dev/null") {
+        std::fs::remove_file(&null).unwrap();
+    }
+    let fifo = tmp.path().join("fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert_fails_with(&sample(&["--out", s(&fifo)]), "is a FIFO, not a regular file");
+    std::fs::remove_file(&fifo).unwrap();
 
     assert_fails_with(&sample(&["--out", s(tmp.path())]), "is a directory");
 
@@ -82,6 +90,19 @@ fn devices_folders_and_two_outputs_at_one_path_are_refused() {
     let result = xtask(&["eval", "--samples", s(&samples), "--json", s(&samples), "--data-dir", SHARED_MNIST]);
     assert_fails_with(&result, "--json");
     assert!(stderr(&result).contains("is the same file as --samples"), "{}", stderr(&result));
+}
+
+/// `/dev/null` for a user who cannot replace it; for root, a character
+/// device 1:3 (what /dev/null is) made in `dir`.
+fn device_like_dev_null(dir: &Path) -> PathBuf {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !root {
+        return PathBuf::from("/dev/null");
+    }
+    let node = dir.join("null");
+    let made = Command::new("mknod").args([s(&node), "c", "1", "3"]).status().is_ok_and(|s| s.success());
+    assert!(made, "as root, mknod must work, to test a device without risking /dev/null");
+    node
 }
 
 /// The last output cannot be written: its folder is one in /proc, where no
@@ -108,7 +129,7 @@ fn a_250_byte_name_is_written_and_stale_temporaries_are_cleared() {
     assert_eq!(name.len(), 250);
     let out = tmp.path().join(&name);
     assert_succeeds(&sample(&["--out", s(&out)]));
-    assert_eq!(names_in(tmp.path()), [name.clone()]);
+    assert_eq!(names_in(tmp.path()), [name]);
 
     // What a run killed while writing grid.png leaves (pid 4294967295 cannot
     // exist), next to a file that only looks alike.
@@ -151,9 +172,20 @@ fn train(out: &Path, extra: &[&str]) -> std::process::Output {
     xtask(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
+/// A training run started by a test, killed when the test ends (so that a
+/// failing test leaves no run behind, training on).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `train` with its stderr read line by line on a thread: the lines
 /// come back through the channel.
-fn spawn_train(out: &Path, extra: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+fn spawn_train(out: &Path, extra: &[&str]) -> (Running, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(train_args(out, extra))
         .env_remove("DDPM_DATA")
@@ -170,7 +202,7 @@ fn spawn_train(out: &Path, extra: &[&str]) -> (Child, std::sync::mpsc::Receiver<
             }
         }
     });
-    (child, lines)
+    (Running(child), lines)
 }
 
 /// Waits (at most 60 s) for a line containing `needle`; returns the lines up to it.
@@ -242,8 +274,8 @@ fn kill_9_at_any_moment_loses_nothing_saved() {
             1 => wait_for_file(&out, ".model.safetensors.tmp-", Duration::ZERO),
             _ => wait_for_file(&out, ".state.safetensors.tmp-", Duration::from_millis(kills as u64 % 5)),
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
         kills += 1;
         let state = saved_step(&out.join("state.safetensors"));
         model_behind = saved_step(&out.join("model.safetensors")) != state;
@@ -275,10 +307,10 @@ fn sigint_saves_says_so_and_resumes() {
     let (mut child, lines) = spawn_train(&out, &["--steps", "100000", "--save-every", "100000"]);
     wait_for(&lines, "training tiny");
     std::thread::sleep(Duration::from_millis(500));
-    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let sent = Command::new("kill").args(["-INT", &child.0.id().to_string()]).status().unwrap();
     assert!(sent.success());
     let said = wait_for(&lines, "interrupted at step");
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{said:?}");
     let line = said.last().unwrap();
     let step: u64 = line.split("interrupted at step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();

@@ -224,7 +224,7 @@ mod tests {
         for p in [&stale, &mine, &other_file, &not_ours] {
             std::fs::write(p, b"x").unwrap();
         }
-        assert_eq!(remove_stale_temporaries(&path), [stale.clone()]);
+        assert_eq!(remove_stale_temporaries(&path), std::slice::from_ref(&stale));
         assert!(!stale.exists() && mine.exists() && other_file.exists() && not_ours.exists());
         assert_eq!(remove_stale_temporaries(&path), Vec::<PathBuf>::new());
     }
