@@ -12,7 +12,12 @@
 //! The state and the model are written every `--save-every` steps and at the
 //! end, each atomically, so an interrupted run loses at most the steps since
 //! the last save, and `--resume` continues it exactly (same batches, same
-//! noise, same weights as a run that never stopped).
+//! noise, same weights as a run that never stopped). Each save goes log
+//! (fsynced), state, model: killed at any instant, the log has every step the
+//! state has (`--resume` drops the rest), and a model left a save behind is
+//! rewritten from the state's EMA when the run resumes. Ctrl-C or SIGTERM
+//! finishes the step under way, saves, and ends with
+//! `interrupted at step K: saved to DIR; continue with --resume` (exit 1).
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
