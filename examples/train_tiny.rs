@@ -29,14 +29,14 @@ fn train(steps: u64, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     println!("training tiny on {} MNIST digits ({}), {steps} steps", data.len(), device::describe(device));
 
     std::fs::create_dir_all(dir)?;
-    let fit = Fit { stop: Stop::Steps(steps), save_every: 100, dir: Some(dir) };
+    let fit = Fit { stop: Stop::Steps(steps), save_every: 100, dir: Some(dir), interrupt: None };
     trainer.fit(&data, &fit, |event| {
         match event {
             Progress::Step { stats, .. } if stats.step % 25 == 0 => {
                 println!("step {:>5}  loss {:.4}", stats.step, stats.loss)
             }
             Progress::Saved { step, dir } => println!("saved step {step} in {}", dir.display()),
-            Progress::Step { .. } => {}
+            Progress::Step { .. } | Progress::Saving { .. } => {}
         }
         Ok::<_, ddpm::train::TrainError>(())
     })?;

@@ -47,6 +47,7 @@ use serde_json::{json, Value};
 use crate::device::{resolve, DeviceArg};
 use crate::download::Dataset;
 use crate::npy;
+use crate::outputs::{self, Plan};
 use crate::sample::{sample_with_bar, sampling_from_flags, SamplerArg};
 
 #[derive(Args)]
@@ -140,10 +141,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("--floor-n must be 2 ..= {} (the training images), not {floor_n}", train.len());
     }
     let json_path = args.json.clone().unwrap_or_else(|| default_json_path(&args, &source));
-    let dir = json_path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        bail!("cannot write {}: the folder {} does not exist", json_path.display(), dir.display());
-    }
+    plan_outputs(&args, &json_path, &data_dir)?;
 
     // The judge, and the t10k statistics every set is compared with.
     let (classifier, classifier_meta) = classifier(&args, &train)?;
@@ -222,8 +220,42 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "samples": score_json(&samples, "samples"),
     });
     let text = serde_json::to_string_pretty(&report)? + "\n";
-    npy::write_file_atomically(&json_path, text.as_bytes())?;
+    // The report is the one output made at the end (the classifier cache, if
+    // trained, was written when it was ready: see `classifier`). Nothing of the
+    // report is written before this point, so a Ctrl-C may simply kill the
+    // process: it leaves no partial output.
+    outputs::commit(&[(json_path.as_path(), text.into_bytes())])?;
     eprintln!("wrote {}", json_path.display());
+    Ok(())
+}
+
+/// Checks the outputs (the report, and the classifier's file if it is to be
+/// trained) against the inputs and each other before any work is done.
+fn plan_outputs(args: &EvalArgs, json_path: &Path, data_dir: &Path) -> Result<()> {
+    let mut plan = Plan::new();
+    let given = [("--checkpoint", &args.checkpoint), ("--samples", &args.samples), ("--labels", &args.labels)];
+    for (flag, path) in given {
+        if let Some(path) = path {
+            plan.input(flag, path);
+        }
+    }
+    for name in [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS] {
+        for file in [data_dir.join(name), data_dir.join(format!("{name}.gz"))] {
+            plan.input("the data file", &file);
+        }
+    }
+    let classifier = classifier_path(args);
+    let trains = args.retrain || !classifier.exists();
+    if !trains {
+        plan.input("--classifier", &classifier);
+    }
+    plan.output("--json", json_path)?;
+    // A classifier's folder that does not exist yet is created when it is
+    // written, and holds nothing that it could clash with.
+    let folder = classifier.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if trains && folder.is_dir() {
+        plan.output("--classifier", &classifier)?;
+    }
     Ok(())
 }
 

@@ -24,6 +24,7 @@ use ddpm::{Pipeline, Sampling, Schedule, ScheduleKind};
 use ddpm_autograd::Tensor;
 use ddpm_tensor::Device;
 
+use crate::outputs::{self, Plan};
 use crate::sample::sample_with_bar;
 
 #[derive(Args)]
@@ -63,14 +64,50 @@ pub fn run(args: LectureArgs) -> Result<()> {
     let env = std::env::var_os("DDPM_DATA").map(PathBuf::from);
     let dir = locate("mnist", args.data_dir.as_deref(), env.as_deref())?;
     let test = Split::load(&dir, TEST_IMAGES, TEST_LABELS)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    plan_outputs(&args.out, &checkpoint, &dir)?;
     let schedule = Schedule::new(ScheduleKind::Linear, 1000);
     let (x0, label) = test.batch(&[0]);
 
-    section_1(&schedule, &x0, label[0], &args.out, args.seed)?;
+    // The pictures are made in memory as the sections go and written together
+    // at the end (all or none: see outputs.rs), so a failure or a Ctrl-C
+    // midway leaves no partial set behind.
+    let mut pictures = Pictures::default();
+    section_1(&schedule, &x0, label[0], &args.out, args.seed, &mut pictures)?;
     section_2(&schedule, &x0, args.draws, args.seed);
     section_3(&schedule);
-    section_4(&checkpoint, &test, &args.out, args.seed)?;
+    section_4(&checkpoint, &test, &args.out, args.seed, &mut pictures)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    let files: Vec<(&Path, Vec<u8>)> = pictures.0.iter().map(|(p, b)| (p.as_path(), b.clone())).collect();
+    outputs::commit(&files)
+}
+
+/// The pictures of the sections, path and PNG bytes, to be written at the end.
+#[derive(Default)]
+struct Pictures(Vec<(PathBuf, Vec<u8>)>);
+
+/// The names of the pictures the lecture writes into --out.
+const PICTURES: [&str; 5] = ["noising.png", "real.png", "lecture_formula.png", "ddpm.png", "lecture_jump.png"];
+
+/// Checks the pictures' paths in `out` against the inputs before any work.
+/// A folder that does not exist yet is created at the end, and holds nothing
+/// that a picture could clash with.
+fn plan_outputs(out: &Path, checkpoint: &Path, data_dir: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {} is not a folder", out.display());
+    }
+    if !out.is_dir() {
+        return Ok(());
+    }
+    let mut plan = Plan::new();
+    plan.input("--checkpoint", checkpoint);
+    for name in [TEST_IMAGES, TEST_LABELS] {
+        for file in [data_dir.join(name), data_dir.join(format!("{name}.gz"))] {
+            plan.input("the data file", &file);
+        }
+    }
+    for name in PICTURES {
+        plan.output("--out", &out.join(name))?;
+    }
     Ok(())
 }
 
@@ -79,7 +116,14 @@ fn heading(title: &str) {
 }
 
 /// Section 1: one noising step, repeated; shown with the closed form at chosen t.
-fn section_1(schedule: &Schedule, x0: &Tensor, label: usize, out: &Path, seed: u64) -> Result<()> {
+fn section_1(
+    schedule: &Schedule,
+    x0: &Tensor,
+    label: usize,
+    out: &Path,
+    seed: u64,
+    pictures: &mut Pictures,
+) -> Result<()> {
     heading("1. Adding a little noise many times");
     println!("x_t = a_t x_(t-1) + b_t e_t,  a_t^2 + b_t^2 = 1,  e_t ~ N(0, I)   (linear schedule, T = 1000)");
     println!("\n{:>5} {:>9} {:>9} {:>9} {:>9}", "t", "a_t", "b_t", "abar_t", "bbar_t");
@@ -94,7 +138,7 @@ fn section_1(schedule: &Schedule, x0: &Tensor, label: usize, out: &Path, seed: u
         frames.push(schedule.q_sample(x0, &[t], &e)?.clamp(-1.0, 1.0)?);
     }
     let path = out.join("noising.png");
-    picture::strip_png(&path, &frames, 3)?;
+    pictures.0.push((path.clone(), picture::encode_strip_png(&frames, 3)?));
     println!("\na test digit (a {label}) at t = 0, 100, ..., 900, 999, one noise draw: {}", path.display());
     println!("by t = 999, abar_t = {:.4}: almost nothing of the digit is left.", schedule.abar(999));
     Ok(())
@@ -181,7 +225,7 @@ fn section_3(schedule: &Schedule) {
 }
 
 /// Section 4: the lecture's sampling formula beside the DDPM step.
-fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<()> {
+fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64, pictures: &mut Pictures) -> Result<()> {
     heading("4. Denoising: the lecture's formula and the paper's");
     println!("lecture:  x_(t-1) = (x_t - b_t e) / a_t");
     println!("paper:    x_(t-1) = (x_t - (b_t^2 / bbar_t) e) / a_t + b_t z,   z ~ N(0, I), no z at t = 0");
@@ -221,10 +265,10 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
         let raw = draw_raw(&pipeline, &sampling)?;
         let path = out.join(name);
         let shown = raw.clamp(-1.0, 1.0)?;
-        picture::grid_png(&path, &shown, 10, 3)?;
+        pictures.0.push((path.clone(), picture::encode_grid_png(&shown, 10, 3)?));
         results.push((name.trim_end_matches(".png"), raw, path));
     }
-    picture::grid_png(&results[0].2, &results[0].1, 10, 3)?;
+    pictures.0.push((results[0].2.clone(), picture::encode_grid_png(&results[0].1, 10, 3)?));
     println!("\nthe same x_T and model ({}), all T = 1000 steps each:\n", checkpoint.display());
     println!("{:<18} {:>7} {:>7} {:>8} {:>22}", "", "mean", "std", "max |x|", "same digit, other x_T");
     for (name, raw, path) in &results {
@@ -247,7 +291,7 @@ fn section_4(checkpoint: &Path, test: &Split, out: &Path, seed: u64) -> Result<(
          x_T, and most columns are not the digit asked for. The DDPM step removes the right amount and adds b_t z,\n\
          keeping x_t at the noise level bbar_t the network was trained on, down to a clean, varied digit at t = 0."
     );
-    second_loop(&pipeline, out, n, seed)?;
+    second_loop(&pipeline, out, n, seed, pictures)?;
     Ok(())
 }
 
@@ -266,7 +310,7 @@ fn draw_raw(pipeline: &Pipeline, sampling: &Sampling) -> Result<Tensor> {
 /// The sampler refuses to go on once x holds an infinity or a NaN, so the
 /// loop is run here through `sampler::run` itself: its observer keeps the
 /// frames, and its "diverged" error, expected here, says at which step.
-fn second_loop(pipeline: &Pipeline, out: &Path, n: usize, seed: u64) -> Result<()> {
+fn second_loop(pipeline: &Pipeline, out: &Path, n: usize, seed: u64, pictures: &mut Pictures) -> Result<()> {
     println!(
         "\nthe lecture's second loop:  x = (1 / abar_t) (x - bbar_t f(x, t)),  t = 0, 1, ..., T-1, from the same x_T:\n"
     );
@@ -303,7 +347,7 @@ fn second_loop(pipeline: &Pipeline, out: &Path, n: usize, seed: u64) -> Result<(
         println!("{t:>9} (x has overflowed f32: {count} of its {} values are infinite or NaN)", n * 784);
     }
     let path = out.join("lecture_jump.png");
-    picture::strip_png(&path, &shown, 2)?;
+    pictures.0.push((path.clone(), picture::encode_strip_png(&shown, 2)?));
     println!(
         "\nwhy it fails: each step is the network's estimate of x_0 from x taken as x_t, in one jump (the closed form\n\
          x_t = abar_t x_0 + bbar_t e turned round), and it hands that estimate on as if it were x at the next, noisier\n\

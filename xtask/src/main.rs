@@ -18,6 +18,7 @@ mod download;
 mod eval;
 mod lecture;
 mod npy;
+mod outputs;
 mod plot;
 mod sample;
 mod test;

@@ -28,14 +28,23 @@ const MAX_HEADER_LEN: usize = u16::MAX as usize;
 /// Writes `data` (C order, shape `shape`) as a little-endian `float32` `.npy` file.
 ///
 /// The file appears atomically: it is written to a temporary file in the same directory and
-/// renamed over `path`, so a crash or a full disk never leaves a truncated array behind.
+/// renamed over `path`, so a crash or a full disk never leaves a truncated array behind. The
+/// jobs write theirs with [`f32_file_bytes`] and `outputs::commit` (all of a job's files or
+/// none); this one serves the tests' round trips.
+#[cfg(test)]
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let bytes = f32_file_bytes(shape, data).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    ddpm_nn::fs::write_atomically(path, &bytes).map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
+}
+
+/// A little-endian `float32` `.npy` file of `data` (C order, shape `shape`), in memory: the
+/// caller writes it once all its outputs are made (`outputs::commit`).
+pub fn f32_file_bytes(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
     if numel != Some(data.len()) {
-        bail!("{}: shape {:?} does not match {} values", path.display(), shape, data.len());
+        bail!("shape {:?} does not match {} values", shape, data.len());
     }
-    let bytes = encode_f32(shape, data).map_err(|e| anyhow!("{}: cannot encode: {e}", path.display()))?;
-    write_file_atomically(path, &bytes)
+    encode_f32(shape, data).map_err(|e| anyhow!("cannot encode: {e}"))
 }
 
 /// Reads a `float32` or `float64` (converted) C-ordered array, of either byte order.
@@ -55,12 +64,6 @@ pub fn read_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 pub fn read_labels(path: &Path) -> Result<Vec<usize>> {
     let bytes = fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     decode_labels(&bytes).map_err(|e| anyhow!("{}: {e}", path.display()))
-}
-
-/// `ddpm_nn::fs::write_atomically` (the one atomic write of the project), its error naming the
-/// file. Shared with `eval.rs`, which writes its JSON report through it.
-pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    ddpm_nn::fs::write_atomically(path, bytes).map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))
 }
 
 /// The whole file in memory: `npyz`'s header (`'<f4'`, C order, the shape, padded so the data

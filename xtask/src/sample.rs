@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::device::{resolve, DeviceArg};
 use crate::download::Dataset;
+use crate::outputs::{self, Plan};
 use crate::{npy, plot};
 
 /// The reverse process, as `--sampler` names it.
@@ -209,11 +210,19 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--class-names names 10 columns, one per class; this grid has {cols} (use --cols 10)");
     }
 
-    // Fail before the work, not after: every output's folder must exist.
-    for path in [Some(&args.out), args.npy.as_ref(), args.gif.as_ref(), args.strip.as_ref()].into_iter().flatten() {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-        if !dir.is_dir() {
-            bail!("cannot write {}: the folder {} does not exist", path.display(), dir.display());
+    // Fail before the work, not after: every output is checked against the
+    // inputs and each other, and its folder must exist.
+    let mut plan = Plan::new();
+    plan.input("--checkpoint", &args.checkpoint);
+    for (flag, path) in [("--init-noise", &args.init_noise), ("--labels", &args.labels)] {
+        if let Some(path) = path {
+            plan.input(flag, path);
+        }
+    }
+    plan.output("--out", &args.out)?;
+    for (flag, path) in [("--npy", &args.npy), ("--gif", &args.gif), ("--strip", &args.strip)] {
+        if let Some(path) = path {
+            plan.output(flag, path)?;
         }
     }
 
@@ -234,30 +243,38 @@ pub fn run(args: SampleArgs) -> Result<()> {
     let evals = n * sampling.evaluations_per_image(pipeline.schedule());
     eprintln!("done in {secs:.1} s ({:.0} image-evaluations/s)", evals as f64 / secs);
 
+    // Every file is made in memory, then all are written (or none: see
+    // outputs.rs). Nothing is written before this point, so a Ctrl-C during
+    // sampling may simply kill the process: it leaves no partial output.
     let scale = usize::from(args.scale);
-    match args.class_names {
-        None => picture::grid_png(&args.out, &images, cols, scale)?,
+    let grid = match args.class_names {
+        None => picture::encode_grid_png(&images, cols, scale)?,
         Some(dataset) => {
             let geometry = picture::Geometry { n, h: 28, w: 28 };
             let grid = picture::grid_pixels(images.as_slice(), geometry, cols, scale)?;
             let names = dataset.class_names();
-            picture::write_png(&args.out, &plot::with_column_names(&grid, 28 * scale, &names))?;
+            picture::encode_png(&plot::with_column_names(&grid, 28 * scale, &names))?
         }
-    }
-    eprintln!("wrote {}", args.out.display());
+    };
+    let mut files = vec![(args.out.as_path(), grid)];
+    let mut wrote = vec![format!("wrote {}", args.out.display())];
     if let Some(path) = &args.npy {
-        npy::write_f32(path, images.dims(), images.as_slice())?;
-        eprintln!("wrote {} (float32 {:?})", path.display(), images.dims());
+        files.push((path, npy::f32_file_bytes(images.dims(), images.as_slice())?));
+        wrote.push(format!("wrote {} (float32 {:?})", path.display(), images.dims()));
     }
     if let Some(path) = &args.gif {
-        picture::gif(path, &frames, cols, scale, 8)?;
-        eprintln!("wrote {} ({} frames)", path.display(), frames.len());
+        files.push((path, picture::encode_gif(&frames, cols, scale, 8)?));
+        wrote.push(format!("wrote {} ({} frames)", path.display(), frames.len()));
     }
     if let Some(path) = &args.strip {
         let rows = n.min(10);
         let chains = frames.iter().map(|f| f.narrow(0, 0, rows)).collect::<Result<Vec<_>, _>>()?;
-        picture::strip_png(path, &chains, scale)?;
-        eprintln!("wrote {} ({rows} chains of {} frames)", path.display(), frames.len());
+        files.push((path, picture::encode_strip_png(&chains, scale)?));
+        wrote.push(format!("wrote {} ({rows} chains of {} frames)", path.display(), frames.len()));
+    }
+    outputs::commit(&files)?;
+    for line in wrote {
+        eprintln!("{line}");
     }
     Ok(())
 }

@@ -12,26 +12,36 @@
 //! The state and the model are written every `--save-every` steps and at the
 //! end, each atomically, so an interrupted run loses at most the steps since
 //! the last save, and `--resume` continues it exactly (same batches, same
-//! noise, same weights as a run that never stopped).
+//! noise, same weights as a run that never stopped). Each save goes log
+//! (fsynced), state, model: killed at any instant, the log has every step the
+//! state has (`--resume` drops the rest), and a model left a save behind is
+//! rewritten from the state's EMA when the run resumes. Ctrl-C or SIGTERM
+//! finishes the step under way, saves, and ends with
+//! `interrupted at step K: saved to DIR; continue with --resume` (exit 1).
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use ddpm::data::{locate, Split, TRAIN_IMAGES, TRAIN_LABELS};
-use ddpm::fit::{MODEL_FILE as MODEL, STATE_FILE as STATE};
+use ddpm::fit::{Ended, MODEL_FILE as MODEL, STATE_FILE as STATE};
 use ddpm::train::{StepStats, TrainConfig, Trainer};
 use ddpm::{picture, ScheduleKind};
 use ddpm::{Fit, Pipeline, Sampling, Stop};
+use ddpm_nn::fs::{remove_stale_temporaries, write_atomically};
 use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use signal_hook::consts::{SIGINT, SIGTERM};
 
 use crate::device::{resolve, DeviceArg};
 use crate::download::Dataset;
+use crate::outputs::{self, Plan};
 use crate::plot;
 use crate::sample::sample_with_bar;
 
@@ -135,16 +145,24 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;
     let data = Split::load(&data_dir, TRAIN_IMAGES, TRAIN_LABELS)?;
 
-    fs::create_dir_all(&out).with_context(|| format!("cannot create the output folder {}", out.display()))?;
     let mut trainer = if args.resume {
         Trainer::resume(&state_path, &config, data.len())?
     } else {
         Trainer::new(config.clone(), data.len())?
     };
     trainer.to_device(device)?;
-    let mut log = Log::open(&out.join(LOG), trainer.step_count())?;
-
     let start_step = trainer.step_count();
+    if args.resume {
+        // First, whatever else this run does: a kill between the state's rename and the model's leaves the model a
+        // save behind (or missing): the state's EMA is the model of its step.
+        if let Some(had) = trainer.repair_model(&out)? {
+            let had = had.map_or("of no known step".to_string(), |k| format!("of step {k}"));
+            eprintln!(
+                "note: {MODEL} was {had} and {STATE} of step {start_step} (the run was stopped between the two \
+                 saves): rewrote {MODEL} from the state's EMA weights"
+            );
+        }
+    }
     let stop = stop_of(&args);
     let target = match stop {
         Stop::Steps(n) => Some(n),
@@ -154,6 +172,75 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(n) = target.filter(|&n| n <= start_step) {
         bail!("the run already has {start_step} steps ({n} asked for); ask for more with --steps or --epochs");
     }
+
+    let created = create_folder(&out)?;
+    let mut log = Log::open(&out.join(LOG), start_step)?;
+    let result = (|| -> Result<()> {
+        plan_outputs(&out, &data_dir, args.resume)?;
+        for name in [STATE, MODEL, LOG, SAMPLES, LOSS] {
+            for stale in remove_stale_temporaries(&out.join(name)) {
+                eprintln!("note: removed {}, a temporary file left by an earlier run that was killed", stale.display());
+            }
+        }
+        train_and_draw(&args, &config, trainer, &data, &data_dir, &out, &mut log, stop, target)
+    })();
+    // A fresh run that fails before its first save leaves nothing behind: no
+    // log, no folder it made. (The state exists only if this run saved it: a
+    // fresh run into a folder with a state is refused above.)
+    if result.is_err() && !args.resume && !state_path.exists() {
+        log.discard();
+        for dir in created.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+    result
+}
+
+/// The run's picture files.
+const SAMPLES: &str = "samples.png";
+const LOSS: &str = "loss.png";
+
+/// Creates `out` and any missing folder above it; returns those it created,
+/// outermost first.
+fn create_folder(out: &Path) -> Result<Vec<PathBuf>> {
+    let created: Vec<PathBuf> = out.ancestors().take_while(|dir| !dir.exists()).map(Path::to_path_buf).collect();
+    fs::create_dir_all(out).with_context(|| format!("cannot create the output folder {}", out.display()))?;
+    Ok(created.into_iter().rev().collect())
+}
+
+/// Checks the run's files against the data files (and, as for every job's
+/// outputs, that each is a regular file if it exists) before any step.
+fn plan_outputs(out: &Path, data_dir: &Path, resume: bool) -> Result<()> {
+    let mut plan = Plan::new();
+    for name in [TRAIN_IMAGES, TRAIN_LABELS] {
+        for file in [data_dir.join(name), data_dir.join(format!("{name}.gz"))] {
+            plan.input("the data file", &file);
+        }
+    }
+    // On --resume the state is read and then rewritten: an input and an output.
+    let state = if resume { None } else { Some(STATE) };
+    for name in state.into_iter().chain([MODEL, LOG, SAMPLES, LOSS]) {
+        plan.output("--out", &out.join(name))?;
+    }
+    Ok(())
+}
+
+/// Trains from `trainer`'s step to `stop`, saving as it goes (log, state,
+/// model), then draws samples.png and loss.png; or, interrupted by SIGINT or
+/// SIGTERM, saves after the step under way and says how to continue.
+#[allow(clippy::too_many_arguments)]
+fn train_and_draw(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    mut trainer: Trainer,
+    data: &Split,
+    data_dir: &Path,
+    out: &Path,
+    log: &mut Log,
+    stop: Stop,
+    target: Option<u64>,
+) -> Result<()> {
+    let start_step = trainer.step_count();
     eprintln!(
         "training {} ({} parameters, {} classes) on {} {} images from {}, batch {}, device {}, into {}{}",
         config.preset,
@@ -163,26 +250,37 @@ pub fn run(args: TrainArgs) -> Result<()> {
         args.dataset.name(),
         data_dir.display(),
         config.batch,
-        ddpm::device::describe(device),
+        ddpm::device::describe(trainer.device()),
         out.display(),
         if args.resume { format!(", resuming at step {start_step}") } else { String::new() },
     );
-    log.event(json!({"event": "start", "step": start_step, "config": format!("{config:?}"), "data": data_dir}))?;
+    log.event(json!({"event": "start", "step": start_step, "config": format!("{config:?}"), "data": data_dir}));
+
+    // SIGINT (Ctrl-C) and SIGTERM set the flag: the run finishes its step,
+    // saves and stops. A second signal, the flag being set, ends the process at
+    // once (exit 128 + the signal's number): every file is written atomically
+    // and the log before the state, so even that loses only unsaved steps.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, Arc::clone(&interrupt))
+            .and_then(|_| signal_hook::flag::register(signal, Arc::clone(&interrupt)))
+            .context("cannot install the handler of SIGINT and SIGTERM")?;
+    }
 
     let progress = Bar::new(stop, target, start_step);
     let started = Instant::now();
     let mut speed = Speed::default();
-    let fit = Fit { stop, save_every: args.save_every, dir: Some(&out) };
-    trainer.fit(&data, &fit, |event| -> Result<()> {
+    let fit = Fit { stop, save_every: args.save_every, dir: Some(out), interrupt: Some(&interrupt) };
+    let ended = trainer.fit(data, &fit, |event| -> Result<()> {
         match event {
             ddpm::Progress::Step { stats, took, elapsed } => {
                 speed.add(config.batch, took);
                 log.step(stats, speed.images_per_s(), elapsed)?;
                 progress.update(stats, speed.images_per_s(), elapsed);
             }
-            // The state and the model are on disk: the log's lines up to here may go too.
+            // The log goes to disk before the state: it never lacks a step the state has.
+            ddpm::Progress::Saving { .. } => log.sync()?,
             ddpm::Progress::Saved { step, dir } => {
-                log.flush()?;
                 if progress.bar.is_hidden() {
                     eprintln!(
                         "step {step}: loss {:.4}, {:.0} images/s, saved to {}",
@@ -196,6 +294,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Ok(())
     })?;
     progress.bar.finish_and_clear();
+    if let Ended::Interrupted { step } = ended {
+        bail!("interrupted at step {step}: saved to {}; continue with --resume", out.display());
+    }
+    if interrupt.load(Ordering::SeqCst) {
+        let step = trainer.step_count();
+        bail!(
+            "interrupted after the last step ({step}): the run is saved in {}; {SAMPLES} and {LOSS} were not drawn",
+            out.display()
+        );
+    }
+    // From here on a signal ends the process at once (see above): the run is
+    // saved, and the pictures are written only at the end, both or neither.
+    interrupt.store(true, Ordering::SeqCst);
     let steps = trainer.step_count() - start_step;
     eprintln!(
         "trained {steps} steps in {:.1} min ({:.0} images/s); final loss (smoothed) {:.4}",
@@ -205,15 +316,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
 
     // Pictures: the loss curve from the whole log, and samples from the EMA model.
-    plot_loss(&out.join(LOG), &out.join("loss.png"))?;
+    let loss_png = loss_png(&out.join(LOG))?;
     let pipeline = Pipeline::new(trainer.ema_model()?, trainer.schedule().clone());
     let sampling = Sampling { seed: config.seed, ..pipeline.sampling(args.grid) };
-    eprintln!("drawing {} samples ({}) for samples.png", args.grid, sampling.describe());
+    eprintln!("drawing {} samples ({}) for {SAMPLES}", args.grid, sampling.describe());
     let images = sample_with_bar(&pipeline, &sampling, true)?.images;
     let cols = if config.classes > 0 { config.classes } else { (args.grid as f64).sqrt().ceil() as usize };
-    picture::grid_png(&out.join("samples.png"), &images, cols.max(1), 2)?;
+    let samples_png = picture::encode_grid_png(&images, cols.max(1), 2)?;
+    outputs::commit(&[(&out.join(SAMPLES), samples_png), (&out.join(LOSS), loss_png)])?;
     eprintln!(
-        "wrote {}/{{{MODEL}, {STATE}, {LOG}, samples.png, loss.png}}\nsample more with: cargo xtask sample --checkpoint {}",
+        "wrote {}/{{{MODEL}, {STATE}, {LOG}, {SAMPLES}, {LOSS}}}\nsample more with: cargo xtask sample --checkpoint {}",
         out.display(),
         out.join(MODEL).display()
     );
@@ -324,20 +436,36 @@ impl Speed {
 }
 
 /// log.jsonl: one JSON object per line.
+///
+/// Lines wait in memory and go to disk (flushed and fsynced) when the run
+/// saves, just before the state ([`Log::sync`]): after a kill the log holds
+/// every step the state has, and `--resume` drops any after it. A fresh run
+/// writes no log until its first save.
 struct Log {
-    file: BufWriter<File>,
+    path: PathBuf,
+    /// Open once the first lines are on disk (or at once on a resumed run).
+    file: Option<File>,
+    /// Lines not yet written to the file.
+    pending: String,
+    /// Whether this run created the file (so a failed fresh run removes it).
+    created: bool,
 }
+
+/// Lines that may wait in memory once the file is open; past that they go to
+/// the file (not yet synced: the sync before each save is what matters).
+const LOG_BUFFER: usize = 1 << 16;
 
 impl Log {
     /// Opens the log for a run at step `step`: a fresh run starts an empty
-    /// log; a resumed run keeps the lines up to `step` and drops those of
-    /// steps that were computed after the last save (they are about to be
-    /// computed again).
+    /// log (on disk at its first save); a resumed run keeps the lines up to
+    /// `step` and drops those of steps that were computed after the last save
+    /// (they are about to be computed again).
     fn open(path: &Path, step: u64) -> Result<Log> {
-        let context = || format!("cannot write the log {}", path.display());
+        let mut log = Log { path: path.to_path_buf(), file: None, pending: String::new(), created: false };
         if step == 0 || !path.exists() {
-            return Ok(Log { file: BufWriter::new(File::create(path).with_context(context)?) });
+            return Ok(log);
         }
+        let context = || format!("cannot write the log {}", path.display());
         let kept: String = BufReader::new(File::open(path).with_context(context)?)
             .lines()
             .map_while(std::io::Result::ok)
@@ -347,14 +475,14 @@ impl Log {
             })
             .map(|line| line + "\n")
             .collect();
-        let tmp = path.with_extension("jsonl.tmp");
-        fs::write(&tmp, kept).and_then(|()| fs::rename(&tmp, path)).with_context(context)?;
-        let file = fs::OpenOptions::new().append(true).open(path);
-        Ok(Log { file: BufWriter::new(file.with_context(context)?) })
+        write_atomically(path, kept.as_bytes()).with_context(context)?;
+        log.file = Some(fs::OpenOptions::new().append(true).open(path).with_context(context)?);
+        Ok(log)
     }
 
-    fn event(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}").context("cannot write the log")
+    fn event(&mut self, value: serde_json::Value) {
+        self.pending += &value.to_string();
+        self.pending.push('\n');
     }
 
     fn step(&mut self, s: &StepStats, images_per_s: f64, elapsed: Duration) -> Result<()> {
@@ -366,16 +494,44 @@ impl Log {
             "lr": s.lr,
             "images_per_s": (images_per_s * 10.0).round() / 10.0,
             "elapsed_s": (elapsed.as_secs_f64() * 100.0).round() / 100.0,
-        }))
+        }));
+        if self.file.is_some() && self.pending.len() > LOG_BUFFER {
+            self.write_pending()?;
+        }
+        Ok(())
     }
 
-    fn flush(&mut self) -> Result<()> {
-        self.file.flush().context("cannot write the log")
+    /// Writes the pending lines to the file, creating it on a run's first save.
+    fn write_pending(&mut self) -> Result<&mut File> {
+        let context = || format!("cannot write the log {}", self.path.display());
+        if self.file.is_none() {
+            self.file = Some(File::create(&self.path).with_context(context)?);
+            self.created = true;
+        }
+        let file = self.file.as_mut().expect("opened above");
+        file.write_all(self.pending.as_bytes()).with_context(context)?;
+        self.pending.clear();
+        Ok(file)
+    }
+
+    /// Every line so far on disk (written and fsynced).
+    fn sync(&mut self) -> Result<()> {
+        let path = self.path.display().to_string();
+        self.write_pending()?.sync_data().with_context(|| format!("cannot write the log {path}"))
+    }
+
+    /// Removes the file if this run created it (a fresh run that failed
+    /// before its first save).
+    fn discard(&mut self) {
+        if self.created {
+            self.file = None;
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
-/// loss.png: the raw per-step loss and its moving average, from log.jsonl.
-pub fn plot_loss(log: &Path, png: &Path) -> Result<()> {
+/// loss.png, in memory: the raw per-step loss and its moving average, from log.jsonl.
+fn loss_png(log: &Path) -> Result<Vec<u8>> {
     let file = File::open(log).with_context(|| format!("cannot read {}", log.display()))?;
     let points: Vec<(f64, f64)> = BufReader::new(file)
         .lines()
@@ -391,12 +547,6 @@ pub fn plot_loss(log: &Path, png: &Path) -> Result<()> {
         .map(|w| (w[w.len() - 1].0, w.iter().map(|p| p.1).sum::<f64>() / w.len() as f64))
         .collect();
     let label = format!("mean of {window} steps");
-    plot::line_plot_png(
-        png,
-        &[("loss per step", &points), (&label, &smoothed)],
-        "training loss (epsilon MSE)",
-        "step",
-        "loss",
-        true,
-    )
+    let series: [(&str, &[(f64, f64)]); 2] = [("loss per step", &points), (&label, &smoothed)];
+    plot::line_plot_png(&series, "training loss (epsilon MSE)", "step", "loss", true)
 }

@@ -70,10 +70,11 @@ fn train_resume_and_sample_end_to_end() {
     };
     let noise_s = noise.to_str().unwrap();
     let a = sample("a", &["--init-noise", noise_s, "--digit", "7", "--gif", dir.join("a.gif").to_str().unwrap()]);
-    let b = sample("b", &["--init-noise", noise_s, "--digit", "7", "--strip", dir.join("b.png").to_str().unwrap()]);
+    let b =
+        sample("b", &["--init-noise", noise_s, "--digit", "7", "--strip", dir.join("b-strip.png").to_str().unwrap()]);
     assert_eq!(a, b, "DDIM at eta 0 from the same x_T gave different samples");
     assert_eq!(a.len(), 128 + 3 * 784 * 4, "3 images of 28x28 float32 behind a 128-byte header");
-    assert!(dir.join("a.gif").is_file() && dir.join("b.png").is_file());
+    assert!(dir.join("a.gif").is_file() && dir.join("b-strip.png").is_file());
     let c = sample("c", &["--init-noise", noise_s, "--digit", "3"]);
     assert_ne!(a, c, "the label made no difference");
     let d = sample("d", &["--n", "2", "--seed", "5", "--sampler", "ddpm"]);

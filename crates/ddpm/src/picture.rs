@@ -22,7 +22,8 @@
 //!
 //! Every file is encoded in memory and then written atomically
 //! ([`ddpm_nn::fs::write_atomically`]): a picture on disk is always a whole
-//! picture.
+//! picture. The `encode_*` functions hand back the encoded bytes instead, for
+//! a caller that writes several files only once all of them are made.
 
 use std::path::{Path, PathBuf};
 
@@ -48,8 +49,8 @@ pub enum PictureError {
     /// The images, or the layout asked for, cannot make a picture.
     #[error("{0}")]
     Layout(String),
-    #[error("cannot encode {}: {reason}", path.display())]
-    Encode { path: PathBuf, reason: String },
+    #[error("cannot encode the {format}: {reason}")]
+    Encode { format: &'static str, reason: String },
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -86,18 +87,28 @@ pub fn to_grey(v: f32) -> u8 {
 /// Writes `images` [n, 1, h, w] as a grey PNG grid of `cols` columns, each
 /// pixel `scale` x `scale`; see [`grid_pixels`] for the layout.
 pub fn grid_png(path: &Path, images: &Tensor, cols: usize, scale: usize) -> Result<()> {
+    write(path, &encode_grid_png(images, cols, scale)?)
+}
+
+/// [`grid_png`]'s file, in memory.
+pub fn encode_grid_png(images: &Tensor, cols: usize, scale: usize) -> Result<Vec<u8>> {
     let (values, geometry) = host_images(images)?;
-    write_png(path, &grid_pixels(&values, geometry, cols, scale)?)
+    encode_png(&grid_pixels(&values, geometry, cols, scale)?)
 }
 
 /// Writes a denoising strip: one row per image, one column per frame of its
 /// chain (from noise on the left to the sample on the right, if `frames` is
 /// in sampling order). Every frame is [n, 1, h, w].
 pub fn strip_png(path: &Path, frames: &[Tensor], scale: usize) -> Result<()> {
+    write(path, &encode_strip_png(frames, scale)?)
+}
+
+/// [`strip_png`]'s file, in memory.
+pub fn encode_strip_png(frames: &[Tensor], scale: usize) -> Result<Vec<u8>> {
     let (frames, geometry) = host_frames(frames)?;
     let strip = strip_images(&frames, geometry);
     let count = frames.len();
-    write_png(path, &grid_pixels(&strip, Geometry { n: geometry.n * count, ..geometry }, count, scale)?)
+    encode_png(&grid_pixels(&strip, Geometry { n: geometry.n * count, ..geometry }, count, scale)?)
 }
 
 /// Writes an animated grey GIF, one grid (as [`grid_pixels`]) per frame,
@@ -108,18 +119,21 @@ pub fn strip_png(path: &Path, frames: &[Tensor], scale: usize) -> Result<()> {
 /// The palette is the 256 greys, so grey level = palette index and nothing
 /// is quantised. Browsers treat delays below 2 cs as 10 cs; use at least 2.
 pub fn gif(path: &Path, frames: &[Tensor], cols: usize, scale: usize, delay_cs: u16) -> Result<()> {
+    write(path, &encode_gif(frames, cols, scale, delay_cs)?)
+}
+
+/// [`gif`]'s file, in memory.
+pub fn encode_gif(frames: &[Tensor], cols: usize, scale: usize, delay_cs: u16) -> Result<Vec<u8>> {
     let (frames, geometry) = host_frames(frames)?;
-    let encode_error = |e: gif::EncodingError| PictureError::Encode { path: path.to_owned(), reason: e.to_string() };
+    let encode_error = |e: gif::EncodingError| PictureError::Encode { format: "GIF", reason: e.to_string() };
     let palette: Vec<u8> = (0..=255u8).flat_map(|g| [g, g, g]).collect();
     let mut encoder: Option<gif::Encoder<Vec<u8>>> = None;
     for (f, values) in frames.iter().enumerate() {
         let grid = grid_pixels(values, geometry, cols, scale)?;
         let (Ok(width), Ok(height)) = (u16::try_from(grid.width), u16::try_from(grid.height)) else {
             return Err(PictureError::Layout(format!(
-                "{}: {}x{} pixels is larger than a GIF can be (65535)",
-                path.display(),
-                grid.width,
-                grid.height
+                "a GIF of {}x{} pixels: larger than a GIF can be (65535)",
+                grid.width, grid.height
             )));
         };
         let e = match encoder.as_mut() {
@@ -135,11 +149,10 @@ pub fn gif(path: &Path, frames: &[Tensor], cols: usize, scale: usize, delay_cs: 
         e.write_frame(&frame).map_err(encode_error)?;
     }
     // `into_inner` writes the GIF trailer and hands back the bytes.
-    let bytes = encoder
+    encoder
         .expect("host_frames refuses an empty chain")
         .into_inner()
-        .map_err(|e| PictureError::Encode { path: path.to_owned(), reason: e.to_string() })?;
-    write(path, &bytes)
+        .map_err(|e| PictureError::Encode { format: "GIF", reason: e.to_string() })
 }
 
 /// The size of each of `n` images.
@@ -202,9 +215,17 @@ pub fn grid_pixels(values: &[f32], geometry: Geometry, cols: usize, scale: usize
 
 /// Encodes `pixels` as a PNG and writes it atomically.
 pub fn write_png(path: &Path, pixels: &Pixels) -> Result<()> {
-    let encode_error = |e: png::EncodingError| PictureError::Encode { path: path.to_owned(), reason: e.to_string() };
+    write(path, &encode_png(pixels)?)
+}
+
+/// Encodes `pixels` as a PNG, in memory.
+pub fn encode_png(pixels: &Pixels) -> Result<Vec<u8>> {
+    let encode_error = |e: png::EncodingError| PictureError::Encode { format: "PNG", reason: e.to_string() };
     let (Ok(width), Ok(height)) = (u32::try_from(pixels.width), u32::try_from(pixels.height)) else {
-        return Err(PictureError::Layout(format!("{}: the picture is too large for a PNG", path.display())));
+        return Err(PictureError::Layout(format!(
+            "a picture of {}x{} pixels is too large for a PNG",
+            pixels.width, pixels.height
+        )));
     };
     let mut bytes = Vec::new();
     let mut encoder = png::Encoder::new(&mut bytes, width, height);
@@ -216,7 +237,7 @@ pub fn write_png(path: &Path, pixels: &Pixels) -> Result<()> {
     let mut writer = encoder.write_header().map_err(encode_error)?;
     writer.write_image_data(&pixels.data).map_err(encode_error)?;
     writer.finish().map_err(encode_error)?;
-    write(path, &bytes)
+    Ok(bytes)
 }
 
 fn write(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -359,6 +380,8 @@ mod tests {
         assert_eq!(info.color_type, png::ColorType::Grayscale);
         assert_eq!(data, grid.data);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left behind");
+        // The bytes in memory are the file's.
+        assert_eq!(encode_grid_png(&images(values.clone(), 16, 28, 28), 4, 2).unwrap(), fs::read(&path).unwrap());
     }
 
     #[test]

@@ -12,10 +12,8 @@ mod canvas;
 mod font;
 mod labels;
 
-use std::path::Path;
-
 use anyhow::Result;
-use ddpm::picture::{write_png, Colour, Pixels};
+use ddpm::picture::{encode_png, Colour, Pixels};
 
 use axis::{linear_axis, log_axis};
 use canvas::{stroke, Canvas, Rect, Rgb};
@@ -46,7 +44,7 @@ fn series_style(i: usize, count: usize) -> (Rgb, f64) {
     }
 }
 
-/// Draws a line plot of `series` (name, points) as a 640×400 RGB PNG: frame, light grid lines
+/// Draws a line plot of `series` (name, points) as a 640×400 RGB PNG, in memory: frame, light grid lines
 /// and labelled ticks at "nice" values, anti-aliased lines, a legend (top right) naming the
 /// series with a non-empty name, the title and the axis labels.
 ///
@@ -54,15 +52,14 @@ fn series_style(i: usize, count: usize) -> (Rgb, f64) {
 /// `y <= 0`; a skipped point breaks the line there. An isolated point is drawn as a dot. With
 /// no drawable point at all the plot still has its axes (over [0, 1]) and says "no data".
 pub fn line_plot_png(
-    path: &Path,
     series: &[(&str, &[(f64, f64)])],
     title: &str,
     x_label: &str,
     y_label: &str,
     log_y: bool,
-) -> Result<()> {
+) -> Result<Vec<u8>> {
     let (width, height, data) = line_plot_pixels(series, title, x_label, y_label, log_y);
-    Ok(write_png(path, &Pixels { width, height, colour: Colour::Rgb, data })?)
+    Ok(encode_png(&Pixels { width, height, colour: Colour::Rgb, data })?)
 }
 
 /// [`line_plot_png`]'s picture as `(width, height, rgb)`.
@@ -180,6 +177,7 @@ pub fn line_plot_pixels(
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::Path;
 
     fn decode_png(path: &Path) -> (png::OutputInfo, Vec<u8>) {
         let mut reader = png::Decoder::new(fs::File::open(path).unwrap()).read_info().unwrap();
@@ -226,7 +224,7 @@ mod tests {
         ];
         for (name, series, log_y) in &cases {
             let path = dir.path().join(name);
-            line_plot_png(&path, series, "Training loss (MSE)", "step", "loss", *log_y).unwrap();
+            fs::write(&path, line_plot_png(series, "Training loss (MSE)", "step", "loss", *log_y).unwrap()).unwrap();
             let (info, data) = decode_png(&path);
             assert_eq!((info.width as usize, info.height as usize), PLOT_SIZE, "{name}");
             assert_eq!(info.color_type, png::ColorType::Rgb, "{name}");
