@@ -12,6 +12,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use ddpm::picture;
 use ddpm::sampler::Method;
+use ddpm::pipeline::{GUIDANCE, MAX_IMAGES, MAX_IMAGES_WITH_FRAMES};
 use ddpm::{Pipeline, Samples, Sampling};
 use ddpm_autograd::Tensor;
 use ddpm_nn::Module;
@@ -94,8 +95,9 @@ pub struct SampleArgs {
 
 /// The sampler the flags ask for, checked against the pipeline's model
 /// with messages that name the flags (the pipeline checks again, by field):
-/// eta >= 0, DDIM steps in 1 ..= T, guidance finite and only for a
-/// conditional model (which gets the default guidance when none is given).
+/// eta in [0, 1], DDIM steps in 1 ..= T, guidance in [`GUIDANCE`] and only
+/// for a conditional model (which gets the default guidance when none is
+/// given).
 /// `n` and the labels are filled in by the caller.
 pub fn sampling_from_flags(
     pipeline: &Pipeline,
@@ -104,8 +106,8 @@ pub fn sampling_from_flags(
     eta: f64,
     guidance: Option<f32>,
 ) -> Result<Sampling> {
-    if !(eta >= 0.0 && eta.is_finite()) {
-        bail!("--eta must be a number >= 0, not {eta}");
+    if !(0.0..=1.0).contains(&eta) {
+        bail!("--eta must be in [0, 1] (0 is deterministic, 1 has DDPM's noise; above 1 DDIM's step is undefined), not {eta}");
     }
     let t = pipeline.schedule().timesteps();
     if steps == 0 || steps > t {
@@ -120,13 +122,27 @@ pub fn sampling_from_flags(
     let defaults = pipeline.sampling(1);
     let conditional = pipeline.model().num_classes > 0;
     let guidance = guidance.unwrap_or(defaults.guidance);
-    if !guidance.is_finite() {
-        bail!("--guidance must be a number, not {guidance}");
+    if !GUIDANCE.contains(&guidance) {
+        bail!(
+            "--guidance must be in [{}, {}] (-1 is the unconditional model, 0 the conditional one; past about 5 the \
+             strokes saturate), not {guidance}",
+            GUIDANCE.start(),
+            GUIDANCE.end()
+        );
     }
     if guidance != 0.0 && !conditional {
         bail!("--guidance needs a conditional model (trained with --classes 10)");
     }
     Ok(Sampling { method, guidance, ..defaults })
+}
+
+/// Why the image count is capped where it is, for a message.
+fn frames_note(max_n: usize) -> &'static str {
+    if max_n == MAX_IMAGES_WITH_FRAMES {
+        " with --gif or --strip, which keep about 21 copies of every image"
+    } else {
+        ": 314 MB of results; use several runs with other seeds for more"
+    }
 }
 
 /// Samples with a progress bar of denoising steps (hidden when `progress`
@@ -147,8 +163,9 @@ pub fn sample_with_bar(pipeline: &Pipeline, sampling: &Sampling, progress: bool)
 
 pub fn run(args: SampleArgs) -> Result<()> {
     let device = resolve(args.device)?;
-    if args.n == Some(0) {
-        bail!("--n must be at least 1");
+    let max_n = if args.gif.is_some() || args.strip.is_some() { MAX_IMAGES_WITH_FRAMES } else { MAX_IMAGES };
+    if let Some(n) = args.n.filter(|&n| n == 0 || n > max_n) {
+        bail!("--n must be 1 ..= {max_n} (the most one run samples{}), not {n}", frames_note(max_n));
     }
     if args.cols == Some(0) {
         bail!("--cols must be at least 1");
@@ -163,6 +180,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
             let (shape, data) = npy::read_f32(path)?;
             if shape.len() != 4 || shape[1..] != [1, 28, 28] || shape[0] == 0 {
                 bail!("--init-noise {}: shape {shape:?}, expected [N, 1, 28, 28]", path.display());
+            }
+            if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                let count = data.iter().filter(|v| !v.is_finite()).count();
+                bail!("--init-noise {}: {count} values are NaN or infinite (the first at index {i})", path.display());
             }
             Some(Tensor::from_vec(data, shape)?)
         }
@@ -182,6 +203,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("{} gives {} images but {a} gives {na}", given[0].0, given[0].1);
     }
     let n = given.first().map_or(100, |&(_, n)| n);
+    if let Some(&(flag, _)) = given.first().filter(|_| n > max_n) {
+        bail!("{flag} gives {n} images, at most {max_n} (the most one run samples{})", frames_note(max_n));
+    }
 
     let labels: Option<Vec<usize>> = match (args.digit, file_labels) {
         (Some(_), _) | (_, Some(_)) if model.num_classes == 0 => {
@@ -208,6 +232,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
     });
     if args.class_names.is_some() && cols != 10 {
         bail!("--class-names names 10 columns, one per class; this grid has {cols} (use --cols 10)");
+    }
+    // The pictures' sizes follow from the flags: a grid too large is refused now.
+    let (width, height) = picture::grid_size(picture::Geometry { n, h: 28, w: 28 }, cols, usize::from(args.scale))?;
+    if args.gif.is_some() && width.max(height) > usize::from(u16::MAX) {
+        bail!("--gif: a grid of {width}x{height} pixels is larger than a GIF can be (65535); use a smaller --scale");
     }
 
     // Fail before the work, not after: every output is checked against the

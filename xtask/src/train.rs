@@ -106,14 +106,23 @@ pub struct TrainArgs {
 
 const LOG: &str = "log.jsonl";
 
+/// The longest --minutes: a year of wall-clock time.
+const MAX_MINUTES: f64 = 365.0 * 24.0 * 60.0;
+
+/// The most images samples.png shows: a 32 x 32 grid is already too small to read.
+const MAX_GRID: usize = 1_000;
+
 pub fn run(args: TrainArgs) -> Result<()> {
     if args.steps == Some(0) || args.epochs == Some(0) {
         bail!("--steps and --epochs must be at least 1");
     }
     if let Some(m) = args.minutes {
-        if !(m.is_finite() && m > 0.0) {
-            bail!("--minutes must be a positive number, not {m}");
+        if !(m > 0.0 && m <= MAX_MINUTES) {
+            bail!("--minutes must be a number in (0, {MAX_MINUTES}] (a year; --resume goes on after that), not {m}");
         }
+    }
+    if !(1..=MAX_GRID).contains(&args.grid) {
+        bail!("--grid must be 1 ..= {MAX_GRID} (the images drawn into samples.png), not {}", args.grid);
     }
     if args.save_every == 0 {
         bail!("--save-every must be at least 1");

@@ -163,24 +163,18 @@ pub struct Geometry {
     pub w: usize,
 }
 
-/// Lays out `n` images of `h` x `w` (`values`: row-major, one after the
-/// other) in a grid of `cols` columns (fewer if `n < cols`), each pixel
-/// repeated `scale` x `scale` times (nearest neighbour), tiles separated and
-/// framed by [`GAP`] pixels of [`BACKGROUND`].
-///
-/// Image `k` has its top-left corner at `x = GAP + (k % cols) * (w * scale + GAP)`,
-/// `y = GAP + (k / cols) * (h * scale + GAP)`.
-pub fn grid_pixels(values: &[f32], geometry: Geometry, cols: usize, scale: usize) -> Result<Pixels> {
+/// The width and height in pixels of a grid of `geometry.n` images of
+/// `h` x `w` in `cols` columns at `scale`, or an error if any is zero or the
+/// grid would exceed 2^28 pixels (268 million: a quarter of a gigabyte of
+/// grey, far past what a viewer shows): a caller can check this before it
+/// makes the images.
+pub fn grid_size(geometry: Geometry, cols: usize, scale: usize) -> Result<(usize, usize)> {
     let Geometry { n, h, w } = geometry;
     let layout = |reason: String| Err(PictureError::Layout(reason));
     if n == 0 || h == 0 || w == 0 || cols == 0 || scale == 0 {
         return layout(format!(
             "an image grid needs n, h, w, cols and scale all positive (got n={n}, h={h}, w={w}, cols={cols}, scale={scale})"
         ));
-    }
-    let per_image = h.checked_mul(w).filter(|&p| p <= MAX_PIXELS);
-    if per_image.and_then(|p| p.checked_mul(n)) != Some(values.len()) {
-        return layout(format!("an image grid: {} values given for {n} images of {h}x{w}", values.len()));
     }
     let cols = cols.min(n);
     let rows = n.div_ceil(cols);
@@ -191,8 +185,31 @@ pub fn grid_pixels(values: &[f32], geometry: Geometry, cols: usize, scale: usize
         return layout(format!("an image grid of {rows}x{cols} images of {h}x{w} at scale {scale} is too large"));
     };
     if width.checked_mul(height).is_none_or(|p| p > MAX_PIXELS) {
-        return layout(format!("an image grid of {width}x{height} pixels is too large"));
+        return layout(format!(
+            "an image grid of {width}x{height} pixels is too large (at most {MAX_PIXELS} pixels); use a smaller --scale \
+             or fewer images"
+        ));
     }
+    Ok((width, height))
+}
+
+/// Lays out `n` images of `h` x `w` (`values`: row-major, one after the
+/// other) in a grid of `cols` columns (fewer if `n < cols`), each pixel
+/// repeated `scale` x `scale` times (nearest neighbour), tiles separated and
+/// framed by [`GAP`] pixels of [`BACKGROUND`].
+///
+/// The grid's size in pixels is [`grid_size`]'s; image `k` has its top-left corner at `x = GAP + (k % cols) * (w * scale + GAP)`,
+/// `y = GAP + (k / cols) * (h * scale + GAP)`.
+pub fn grid_pixels(values: &[f32], geometry: Geometry, cols: usize, scale: usize) -> Result<Pixels> {
+    let Geometry { n, h, w } = geometry;
+    let (width, height) = grid_size(geometry, cols, scale)?;
+    if h * w * n != values.len() {
+        return Err(PictureError::Layout(format!(
+            "an image grid: {} values given for {n} images of {h}x{w}",
+            values.len()
+        )));
+    }
+    let cols = cols.min(n);
     let (tile_w, tile_h) = (w * scale, h * scale);
 
     let mut data = vec![BACKGROUND; width * height];
