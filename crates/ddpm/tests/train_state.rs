@@ -51,7 +51,7 @@ fn refusal(path: &Path) -> String {
     let msg = Trainer::resume(path, &config(), data().len()).err().expect("refused").to_string();
     assert!(!msg.contains('\n'), "{msg}");
     assert!(msg.contains(&path.display().to_string()), "names the file: {msg}");
-    assert_eq!(Trainer::saved_config(path).err().expect("refused too").to_string(), msg);
+    assert_eq!(Trainer::saved_config(path).expect_err("refused too").to_string(), msg);
     msg
 }
 
