@@ -5,31 +5,54 @@
 //! (then count, rows, cols) or 0x00000801 for labels (then count), followed by
 //! one unsigned byte per pixel or label. Counts come from the header, never
 //! assumed (the shared copy here has 10,000 training digits, not 60,000).
+//!
+//! A file is read only as far as its header allows: the header is read first,
+//! the size of the data follows from it (the models here take 28x28 images,
+//! [`SIDE`]), and a plain file's length is compared with that size before its
+//! data is read, while a gzip file is inflated to one byte more than that
+//! size at most. So a small file that claims (or inflates to) gigabytes is
+//! refused without gigabytes being allocated.
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use ddpm_autograd::Tensor;
-use flate2::read::GzDecoder;
+use flate2::bufread::GzDecoder;
 use rand::seq::SliceRandom;
 
-/// Why a data file or folder was refused. Every message names the file.
+/// Why a data file or folder was refused. Every message is one line and
+/// names the file. A cause (an I/O or gzip error) is part of the message and
+/// is held in a field named `cause`, not `source`, so that anyhow's `{:#}`
+/// does not print it a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("{}: not a valid gzip stream ({source})", path.display())]
-    Gzip { path: PathBuf, source: std::io::Error },
+    #[error("{}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
+    #[error("{}: not a valid gzip stream ({cause})", path.display())]
+    Gzip { path: PathBuf, cause: io::Error },
+    #[error("{}: {extra} bytes after the end of the gzip data", path.display())]
+    AfterGzip { path: PathBuf, extra: usize },
     #[error("{}: magic number {found:#010x}, expected {expected:#010x} ({what})", path.display())]
     Magic { path: PathBuf, found: u32, expected: u32, what: &'static str },
+    #[error("{}: truncated: {found} bytes, shorter than the {expected}-byte header of {what}", path.display())]
+    ShortHeader { path: PathBuf, expected: usize, found: usize, what: &'static str },
     #[error("{}: truncated: the header promises {expected} bytes of data, the file has {found}", path.display())]
     Truncated { path: PathBuf, expected: usize, found: usize },
     #[error("{}: {extra} bytes after the data the header describes", path.display())]
     TrailingBytes { path: PathBuf, extra: usize },
+    /// A compressed file inflates to more than its header describes; it is
+    /// not inflated further to count by how much.
+    #[error("{}: the data goes on after the {expected} bytes the header describes", path.display())]
+    InflatesTooFar { path: PathBuf, expected: usize },
+    #[error("{}: images are {rows}x{cols}, these models take {SIDE}x{SIDE}", path.display())]
+    ImageSize { path: PathBuf, rows: usize, cols: usize },
+    #[error("{}: no {what} (the header's count is 0)", path.display())]
+    Empty { path: PathBuf, what: &'static str },
     #[error("{}: label {label} at index {index} is not a class 0-9", path.display())]
     BadLabel { path: PathBuf, index: usize, label: u8 },
-    #[error("{images} images but {labels} labels in {}", dir.display())]
-    CountMismatch { dir: PathBuf, images: usize, labels: usize },
+    #[error("{} holds {images} images but {} holds {labels} labels", images_path.display(), labels_path.display())]
+    CountMismatch { images_path: PathBuf, labels_path: PathBuf, images: usize, labels: usize },
     #[error(
         "no {dataset} data found: looked in --data-dir ({}), $DDPM_DATA ({}), {} and {}; \
          run `cargo xtask data --dataset {dataset}` to download it{}, or point --data-dir at a folder with {}",
@@ -48,49 +71,188 @@ pub const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
 pub const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
 pub const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
 
+/// The side of the images every model here takes: MNIST's and
+/// Fashion-MNIST's 28x28.
+pub const SIDE: usize = 28;
+
 const IMAGES_MAGIC: u32 = 0x0000_0803;
 const LABELS_MAGIC: u32 = 0x0000_0801;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Reads a whole file, inflating it if it starts with the gzip magic bytes.
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = vec![];
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|source| DataError::Gzip { path: path.into(), source })?;
-        Ok(out)
-    } else {
-        Ok(raw)
-    }
+/// One kind of IDX file: its magic number, the length of its header, and the
+/// size of the data a header describes (or why the header is refused).
+struct Idx {
+    magic: u32,
+    what: &'static str,
+    header_len: usize,
+    data_len: fn(&Path, &[u8]) -> Result<usize, DataError>,
 }
 
-/// The big-endian u32 at byte `i`, or a truncation error.
-fn be_u32(path: &Path, bytes: &[u8], i: usize) -> Result<u32, DataError> {
-    bytes.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or(DataError::Truncated {
-        path: path.into(),
-        expected: i + 4,
-        found: bytes.len(),
-    })
-}
-
-/// Checks the magic number, first: a labels file handed in as images should be
-/// called that, not "truncated".
-fn check_magic(path: &Path, bytes: &[u8], magic: u32, what: &'static str) -> Result<(), DataError> {
-    match be_u32(path, bytes, 0)? {
-        found if found == magic => Ok(()),
-        found => Err(DataError::Magic { path: path.into(), found, expected: magic, what }),
-    }
-}
-
-/// Checks that the file is exactly `header` + `body` bytes.
-fn check_length(path: &Path, bytes: &[u8], header: usize, body: usize) -> Result<(), DataError> {
-    match bytes.len() {
-        n if n < header + body => {
-            Err(DataError::Truncated { path: path.into(), expected: body, found: n.saturating_sub(header) })
+/// The header (magic number first) and the data of an IDX file at `path`,
+/// inflated if the file starts with the gzip magic bytes; the data's length
+/// is the one the header describes, or the file is refused.
+fn read_idx(path: &Path, idx: &Idx) -> Result<(Vec<u8>, Vec<u8>), DataError> {
+    let io_error = |cause| DataError::Io { path: path.into(), cause };
+    // A FIFO or a device would block or never end: refused before opening.
+    ddpm_nn::fs::check_regular(path).map_err(io_error)?;
+    let mut file = File::open(path).map_err(io_error)?;
+    let file_len = file.metadata().map_err(io_error)?.len();
+    let mut start = vec![];
+    (&mut file).take(2).read_to_end(&mut start).map_err(io_error)?;
+    if start == GZIP_MAGIC {
+        // The compressed bytes are read whole (a gzip stream cannot be sized
+        // before it is inflated); what they inflate to is capped below.
+        let mut compressed = start;
+        file.read_to_end(&mut compressed).map_err(io_error)?;
+        let mut members = GzMembers::new(&compressed);
+        let gzip_error = |cause| DataError::Gzip { path: path.into(), cause };
+        let header = read_header(path, &mut members, idx).map_err(|e| e.or(gzip_error))?;
+        let expected = (idx.data_len)(path, &header)?;
+        let mut data = vec![];
+        (&mut members).take(expected as u64 + 1).read_to_end(&mut data).map_err(gzip_error)?;
+        if let Some(extra) = members.after_gzip {
+            return Err(DataError::AfterGzip { path: path.into(), extra });
         }
-        n if n > header + body => Err(DataError::TrailingBytes { path: path.into(), extra: n - header - body }),
+        match data.len() {
+            n if n < expected => Err(DataError::Truncated { path: path.into(), expected, found: n }),
+            n if n > expected => Err(DataError::InflatesTooFar { path: path.into(), expected }),
+            _ => Ok((header, data)),
+        }
+    } else {
+        let mut plain = io::Cursor::new(start).chain(file);
+        let header = read_header(path, &mut plain, idx).map_err(|e| e.or(io_error))?;
+        let expected = (idx.data_len)(path, &header)?;
+        // The file's length is known: it must be the header's, before a byte
+        // of the data is read (or allocated).
+        let found = usize::try_from(file_len).unwrap_or(usize::MAX).saturating_sub(idx.header_len);
+        check_length(path, expected, found)?;
+        let mut data = vec![0; expected];
+        plain.read_exact(&mut data).map_err(io_error)?;
+        Ok((header, data))
+    }
+}
+
+/// Why a header could not be read: a refusal, or an I/O (or gzip) error that
+/// the caller words.
+enum HeaderError {
+    Data(DataError),
+    Io(io::Error),
+}
+
+impl HeaderError {
+    fn or(self, wrap: impl FnOnce(io::Error) -> DataError) -> DataError {
+        match self {
+            HeaderError::Data(e) => e,
+            HeaderError::Io(e) => wrap(e),
+        }
+    }
+}
+
+/// The first `idx.header_len` bytes of `input`, magic number checked first: a
+/// labels file handed in as images should be called that, not "truncated".
+fn read_header(path: &Path, input: &mut impl Read, idx: &Idx) -> Result<Vec<u8>, HeaderError> {
+    let mut header = vec![];
+    input.take(idx.header_len as u64).read_to_end(&mut header).map_err(HeaderError::Io)?;
+    let truncated = || {
+        HeaderError::Data(DataError::ShortHeader {
+            path: path.into(),
+            expected: idx.header_len,
+            found: header.len(),
+            what: idx.what,
+        })
+    };
+    let Some(magic) = header.get(..4) else { return Err(truncated()) };
+    let found = u32::from_be_bytes(magic.try_into().expect("4 bytes"));
+    if found != idx.magic {
+        return Err(HeaderError::Data(DataError::Magic {
+            path: path.into(),
+            found,
+            expected: idx.magic,
+            what: idx.what,
+        }));
+    }
+    if header.len() < idx.header_len {
+        return Err(truncated());
+    }
+    Ok(header)
+}
+
+/// The concatenated contents of every member of a gzip file, as `gzip -d`
+/// and Python's `gzip` module read it: `cat a.gz b.gz` is a valid gzip file
+/// holding a's contents then b's. Bytes after the last member that do not
+/// start another one are not gzip data: the stream ends there and
+/// `after_gzip` counts them (flate2's `MultiGzDecoder` would call them a
+/// corrupt member instead, and its `GzDecoder` would drop them silently).
+struct GzMembers<'a> {
+    member: GzDecoder<&'a [u8]>,
+    after_gzip: Option<usize>,
+}
+
+impl<'a> GzMembers<'a> {
+    fn new(compressed: &'a [u8]) -> GzMembers<'a> {
+        GzMembers { member: GzDecoder::new(compressed), after_gzip: None }
+    }
+}
+
+impl Read for GzMembers<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let n = self.member.read(buf)?;
+            if n > 0 || buf.is_empty() || self.after_gzip.is_some() {
+                return Ok(n);
+            }
+            // This member is done; the decoder has consumed it exactly, so
+            // what is left of the slice is what follows it.
+            let rest: &[u8] = self.member.get_ref();
+            if rest.is_empty() {
+                return Ok(0);
+            }
+            if !rest.starts_with(&GZIP_MAGIC) {
+                self.after_gzip = Some(rest.len());
+                return Ok(0);
+            }
+            self.member = GzDecoder::new(rest);
+        }
+    }
+}
+
+/// The big-endian u32 at byte `i` of a header that holds it.
+fn be_u32(header: &[u8], i: usize) -> usize {
+    u32::from_be_bytes(header[i..i + 4].try_into().expect("the header was read whole")) as usize
+}
+
+/// Checks that the data after the header is exactly `expected` bytes.
+fn check_length(path: &Path, expected: usize, found: usize) -> Result<(), DataError> {
+    match found {
+        n if n < expected => Err(DataError::Truncated { path: path.into(), expected, found: n }),
+        n if n > expected => Err(DataError::TrailingBytes { path: path.into(), extra: n - expected }),
         _ => Ok(()),
+    }
+}
+
+/// Image files: count, rows, cols after the magic number; count images of
+/// [`SIDE`] x [`SIDE`] pixels.
+const IMAGES: Idx = Idx { magic: IMAGES_MAGIC, what: "IDX images", header_len: 16, data_len: images_len };
+
+fn images_len(path: &Path, header: &[u8]) -> Result<usize, DataError> {
+    let (count, rows, cols) = (be_u32(header, 4), be_u32(header, 8), be_u32(header, 12));
+    if (rows, cols) != (SIDE, SIDE) {
+        return Err(DataError::ImageSize { path: path.into(), rows, cols });
+    }
+    if count == 0 {
+        return Err(DataError::Empty { path: path.into(), what: "images" });
+    }
+    // At most 2^32 images of 784 bytes: 3.4 TB, which a 64-bit usize holds.
+    Ok(count.checked_mul(SIDE * SIDE).expect("u32 x 784 fits a 64-bit usize"))
+}
+
+/// Label files: count after the magic number; one byte per label.
+const LABELS: Idx = Idx { magic: LABELS_MAGIC, what: "IDX labels", header_len: 8, data_len: labels_len };
+
+fn labels_len(path: &Path, header: &[u8]) -> Result<usize, DataError> {
+    match be_u32(header, 4) {
+        0 => Err(DataError::Empty { path: path.into(), what: "labels" }),
+        count => Ok(count),
     }
 }
 
@@ -103,26 +265,16 @@ pub struct Images {
     pub pixels: Vec<u8>,
 }
 
-/// Reads an IDX image file (magic 0x00000803).
+/// Reads an IDX image file (magic 0x00000803) of [`SIDE`] x [`SIDE`] images,
+/// at least one.
 pub fn read_images(path: &Path) -> Result<Images, DataError> {
-    let bytes = read_maybe_gz(path)?;
-    check_magic(path, &bytes, IMAGES_MAGIC, "IDX images")?;
-    let count = be_u32(path, &bytes, 4)? as usize;
-    let rows = be_u32(path, &bytes, 8)? as usize;
-    let cols = be_u32(path, &bytes, 12)? as usize;
-    // A corrupt header can claim more bytes than a usize counts: that is truncation too.
-    let body = count.checked_mul(rows).and_then(|v| v.checked_mul(cols)).unwrap_or(usize::MAX - 16);
-    check_length(path, &bytes, 16, body)?;
-    Ok(Images { count, rows, cols, pixels: bytes[16..].to_vec() })
+    let (header, pixels) = read_idx(path, &IMAGES)?;
+    Ok(Images { count: be_u32(&header, 4), rows: SIDE, cols: SIDE, pixels })
 }
 
-/// Reads an IDX label file (magic 0x00000801) of digits 0-9.
+/// Reads an IDX label file (magic 0x00000801) of digits 0-9, at least one.
 pub fn read_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = read_maybe_gz(path)?;
-    check_magic(path, &bytes, LABELS_MAGIC, "IDX labels")?;
-    let count = be_u32(path, &bytes, 4)? as usize;
-    check_length(path, &bytes, 8, count)?;
-    let labels = bytes[8..].to_vec();
+    let (_, labels) = read_idx(path, &LABELS)?;
     if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l > 9) {
         return Err(DataError::BadLabel { path: path.into(), index, label });
     }
@@ -140,10 +292,16 @@ impl Split {
     /// Loads `<stem>-images-idx3-ubyte[.gz]` and `<stem>-labels-idx1-ubyte[.gz]`
     /// from `dir`, for the training split (`TRAIN_*`) or the test split (`TEST_*`).
     pub fn load(dir: &Path, images_name: &str, labels_name: &str) -> Result<Split, DataError> {
-        let images = read_images(&find_file(dir, images_name))?;
-        let labels = read_labels(&find_file(dir, labels_name))?;
+        let (images_path, labels_path) = (find_file(dir, images_name), find_file(dir, labels_name));
+        let images = read_images(&images_path)?;
+        let labels = read_labels(&labels_path)?;
         if images.count != labels.len() {
-            return Err(DataError::CountMismatch { dir: dir.into(), images: images.count, labels: labels.len() });
+            return Err(DataError::CountMismatch {
+                images_path,
+                labels_path,
+                images: images.count,
+                labels: labels.len(),
+            });
         }
         Ok(Split { images, labels })
     }

@@ -27,7 +27,7 @@ use rand::Rng;
 
 use crate::data::{Batches, Split};
 use crate::rng::{stream, Stream};
-use crate::{train_loss, Schedule, ScheduleKind};
+use crate::{train_loss, Schedule, ScheduleKind, TIMESTEPS};
 
 /// Why training could not go on. Messages are one line.
 #[derive(Debug, thiserror::Error)]
@@ -106,10 +106,13 @@ impl TrainConfig {
         ]
     }
 
+    /// The configuration a state's metadata holds; every entry must be there
+    /// and parse (the numbers as the types of the fields: `warmup` and `seed`
+    /// as u64). Not validated: [`TrainConfig::validate`] does that.
     fn from_map(map: &HashMap<String, String>) -> Result<TrainConfig, String> {
         fn get<T: std::str::FromStr>(map: &HashMap<String, String>, key: &str) -> Result<T, String> {
-            let value = map.get(key).ok_or_else(|| format!("metadata entry \"{key}\" is missing"))?;
-            value.parse().map_err(|_| format!("metadata entry \"{key}\" = \"{value}\" does not parse"))
+            let value = map.get(key).ok_or_else(|| format!("metadata \"{key}\" is missing"))?;
+            value.parse().map_err(|_| format!("metadata \"{key}\" is {value:?}, which does not parse"))
         }
         Ok(TrainConfig {
             preset: get(map, "preset")?,
@@ -157,8 +160,14 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.label_dropout) {
             return bad(format!("the label dropout must be in [0, 1), not {}", self.label_dropout));
         }
-        if self.timesteps < 2 {
-            return bad(format!("T must be at least 2, not {}", self.timesteps));
+        if !TIMESTEPS.contains(&self.timesteps) {
+            return bad(format!(
+                "T must be in {}..={}, not {}: one step leaves no chain to learn, and above {} a DDPM sample takes hours",
+                TIMESTEPS.start(),
+                TIMESTEPS.end(),
+                self.timesteps,
+                TIMESTEPS.end()
+            ));
         }
         Ok(())
     }
@@ -368,10 +377,13 @@ impl Trainer {
         Ok(())
     }
 
-    /// The settings of the run saved at `path`.
+    /// The settings of the run saved at `path` (the counters are checked
+    /// too: a state that [`Trainer::resume`] would refuse is refused here).
     pub fn saved_config(path: &Path) -> Result<TrainConfig, TrainError> {
         let (_, meta) = checkpoint::load_tensors(path)?;
-        config_of_state(path, &meta)
+        let config = config_of_state(path, &meta)?;
+        counters_of_state(path, &meta)?;
+        Ok(config)
     }
 
     /// Continues the run saved at `path`. `config` must equal the saved one
@@ -381,6 +393,7 @@ impl Trainer {
         let state_error = |reason: String| TrainError::State { path: path.to_path_buf(), reason };
         let (mut tensors, meta) = checkpoint::load_tensors(path)?;
         let saved = config_of_state(path, &meta)?;
+        let counters = counters_of_state(path, &meta)?;
         let differences = saved.differences(config);
         if !differences.is_empty() {
             return Err(state_error(format!(
@@ -388,11 +401,7 @@ impl Trainer {
                 differences.join("; ")
             )));
         }
-        let counter = |key: &str| -> Result<u64, TrainError> {
-            let value = meta.get(key).ok_or_else(|| state_error(format!("metadata entry \"{key}\" is missing")))?;
-            value.parse().map_err(|_| state_error(format!("metadata entry \"{key}\" = \"{value}\" does not parse")))
-        };
-        let saved_len = counter("data_len")? as usize;
+        let saved_len = counters.data_len;
         if saved_len != data_len {
             return Err(state_error(format!(
                 "the run was trained on {saved_len} images, this data set has {data_len}; resume with the same data"
@@ -422,9 +431,10 @@ impl Trainer {
         for ((_, p), w) in trainer.named.iter().zip(weights) {
             p.set_value(w);
         }
-        trainer.ema.restore(shadow, counter("ema_updates")?)?;
-        trainer.adam.restore(counter("adam_steps")?, m, v)?;
-        trainer.step = counter("step")?;
+        // Adam and the EMA each count one update per step (see `train_step`).
+        trainer.ema.restore(shadow, counters.step)?;
+        trainer.adam.restore(counters.step, m, v)?;
+        trainer.step = counters.step;
         Ok(trainer)
     }
 
@@ -439,11 +449,61 @@ impl Trainer {
     }
 }
 
-/// The configuration in a training state's metadata.
+/// The configuration in a training state's metadata, parsed and validated:
+/// a state holding a setting no run can use (lr = NaN, batch 0, T = 10^7)
+/// was not written by a run, and is refused before a model is built for it.
 fn config_of_state(path: &Path, meta: &HashMap<String, String>) -> Result<TrainConfig, TrainError> {
     let state_error = |reason: String| TrainError::State { path: path.to_path_buf(), reason };
     if meta.get("format").map(String::as_str) != Some(STATE_FORMAT) {
         return Err(state_error(format!("not a training state (no \"format\": \"{STATE_FORMAT}\" entry)")));
     }
-    TrainConfig::from_map(meta).map_err(state_error)
+    let config = TrainConfig::from_map(meta).map_err(state_error)?;
+    config.validate().map_err(|e| state_error(format!("the saved settings are not usable: {e}")))?;
+    Ok(config)
+}
+
+/// The most steps a state may have taken: 2^53, the largest count an f64 (in
+/// which the warm-up divides) holds exactly, and 285 years of steps at a
+/// million a second; any more and the step arithmetic could overflow.
+const MAX_STEPS: u64 = 1 << 53;
+
+/// A training state's counters, checked against each other.
+struct Counters {
+    step: u64,
+    data_len: usize,
+}
+
+/// The counters in a training state's metadata. A run's steps each make one
+/// Adam step and one EMA update ([`Trainer::train_step`]; a step that
+/// diverges makes them too, but then the trainer is never saved), so a state
+/// written by a run has `adam_steps` == `ema_updates` == `step`; anything else
+/// was written by something else, and resuming it would bias-correct the
+/// moments or warm up the average for a step the run is not at.
+fn counters_of_state(path: &Path, meta: &HashMap<String, String>) -> Result<Counters, TrainError> {
+    let state_error = |reason: String| TrainError::State { path: path.to_path_buf(), reason };
+    let counter = |key: &str| -> Result<u64, TrainError> {
+        let value = meta.get(key).ok_or_else(|| state_error(format!("metadata \"{key}\" is missing")))?;
+        value.parse().map_err(|_| state_error(format!("metadata \"{key}\" is {value:?}, not a step count")))
+    };
+    let step = counter("step")?;
+    if step > MAX_STEPS {
+        return Err(state_error(format!(
+            "metadata \"step\" is {step}, more than the {MAX_STEPS} steps a run can take; \
+             the file was not written by a run of this program"
+        )));
+    }
+    for key in ["adam_steps", "ema_updates"] {
+        let count = counter(key)?;
+        if count != step {
+            return Err(state_error(format!(
+                "metadata \"{key}\" is {count} but \"step\" is {step}; the file was not written by a run of this program"
+            )));
+        }
+    }
+    let data_len = match counter("data_len")? {
+        0 => return Err(state_error("metadata \"data_len\" is 0: a run trains on at least one image".into())),
+        n => usize::try_from(n)
+            .map_err(|_| state_error(format!("metadata \"data_len\" is {n}, more images than memory holds")))?,
+    };
+    Ok(Counters { step, data_len })
 }

@@ -77,11 +77,11 @@ fn the_shared_mnist_reads_with_the_counts_of_its_headers() {
 fn plain_and_gzip_files_read_the_same() {
     let tmp = temp_dir("roundtrip");
     let dir = tmp.path();
-    let pixels: Vec<u8> = (0..2 * 3 * 4).map(|i| i as u8 * 10).collect();
-    write(dir, &format!("{TRAIN_IMAGES}.gz"), &gz(&idx_images(2, 3, 4, &pixels)));
+    let pixels: Vec<u8> = (0..2 * 784).map(|i| (i * 7) as u8).collect();
+    write(dir, &format!("{TRAIN_IMAGES}.gz"), &gz(&idx_images(2, 28, 28, &pixels)));
     write(dir, TRAIN_LABELS, &idx_labels(&[7, 3]));
     let split = Split::load(dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap();
-    assert_eq!((split.images.count, split.images.rows, split.images.cols), (2, 3, 4));
+    assert_eq!((split.images.count, split.images.rows, split.images.cols), (2, 28, 28));
     assert_eq!(split.images.pixels, pixels);
     assert_eq!(split.labels, vec![7, 3]);
 }
@@ -90,13 +90,13 @@ fn plain_and_gzip_files_read_the_same() {
 fn broken_files_are_refused_with_a_message_naming_them() {
     let tmp = temp_dir("broken");
     let dir = tmp.path();
-    let good = idx_images(2, 2, 2, &[0; 8]);
+    let good = idx_images(2, 28, 28, &[0; 2 * 784]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("wrong-magic", idx_labels(&[1, 2]), "magic number 0x00000801, expected 0x00000803"),
-        ("truncated", good[..20].to_vec(), "truncated: the header promises 8 bytes of data, the file has 4"),
-        ("short-header", good[..6].to_vec(), "truncated"),
+        ("truncated", good[..20].to_vec(), "truncated: the header promises 1568 bytes of data, the file has 4"),
+        ("short-header", good[..6].to_vec(), "truncated: 6 bytes, shorter than the 16-byte header of IDX images"),
         ("trailing", [good.clone(), vec![0; 3]].concat(), "3 bytes after the data"),
-        ("huge-header", idx_images(u32::MAX, u32::MAX, u32::MAX, &[0; 8]), "truncated"),
+        ("huge-header", idx_images(u32::MAX, 28, 28, &[0; 8]), "truncated"),
         ("bad-gzip", gz(&good)[..20].to_vec(), "not a valid gzip stream"),
     ];
     for (name, bytes, expected) in cases {
@@ -115,10 +115,10 @@ fn broken_files_are_refused_with_a_message_naming_them() {
 fn images_and_labels_must_agree_in_count() {
     let tmp = temp_dir("mismatch");
     let dir = tmp.path();
-    write(dir, TRAIN_IMAGES, &idx_images(3, 1, 1, &[0; 3]));
-    write(dir, TRAIN_LABELS, &idx_labels(&[1, 2]));
+    let images = write(dir, TRAIN_IMAGES, &idx_images(3, 28, 28, &[0; 3 * 784]));
+    let labels = write(dir, TRAIN_LABELS, &idx_labels(&[1, 2]));
     let e = Split::load(dir, TRAIN_IMAGES, TRAIN_LABELS).unwrap_err().to_string();
-    assert!(e.starts_with("3 images but 2 labels"), "{e}");
+    assert_eq!(e, format!("{} holds 3 images but {} holds 2 labels", images.display(), labels.display()));
 }
 
 #[test]

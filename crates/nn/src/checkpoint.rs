@@ -16,6 +16,17 @@
 //!
 //! Two promises: a write is atomic (a crash mid-write leaves the old file, never
 //! half a new one), and a refused load changes nothing in the model.
+//!
+//! A read trusts nothing in the file: a FIFO or a device is refused before it
+//! is opened, a header that names a tensor twice is refused (the
+//! safetensors crate would keep one of the two silently, see [`header`]), and
+//! so is a tensor holding NaN or infinity: no model, Adam moment or average
+//! of a working run holds one, and one would spread through every step.
+//! Every refusal is one line naming the file and what is wrong, with names
+//! from the file quoted and escaped (`"a\nb"`), so that a hostile name
+//! cannot forge a second line.
+
+mod header;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -39,12 +50,13 @@ pub struct Metadata {
     pub timesteps: usize,
 }
 
-/// A metadata entry that is absent or does not parse.
+/// A metadata entry that is absent or does not parse. The value, which
+/// comes from the file, is quoted and escaped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetadataError {
     #[error("metadata entry \"{key}\" is missing")]
     Missing { key: &'static str },
-    #[error("metadata entry \"{key}\" is \"{value}\", expected a non-negative integer")]
+    #[error("metadata entry \"{key}\" is {value:?}, expected a non-negative integer")]
     NotAnInteger { key: &'static str, value: String },
 }
 
@@ -77,31 +89,44 @@ impl Metadata {
 
 /// Why a checkpoint could not be written or read. Every message is one line
 /// that starts with the file's path.
+///
+/// A cause (an I/O error, a [`MetadataError`]) is part of the message and is
+/// held in a field named `cause`, not `source`: thiserror would make a
+/// `source` field the error's [`std::error::Error::source`], and a chain
+/// printed with anyhow's `{:#}` would then say the cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("checkpoint {}: cannot read: {source}", .path.display())]
-    Read { path: PathBuf, source: io::Error },
-    #[error("checkpoint {}: cannot write: {source}", .path.display())]
-    Write { path: PathBuf, source: io::Error },
+    #[error("checkpoint {}: cannot read: {cause}", .path.display())]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("checkpoint {}: cannot write: {cause}", .path.display())]
+    Write { path: PathBuf, cause: io::Error },
     #[error("checkpoint {}: not a safetensors file: {reason}", .path.display())]
     NotSafetensors { path: PathBuf, reason: String },
     #[error("checkpoint {}: truncated: the file has {actual} bytes, its header needs {expected}", .path.display())]
     Truncated { path: PathBuf, expected: usize, actual: usize },
-    #[error("checkpoint {}: tensor \"{name}\" has dtype {dtype}, only F32 is supported", .path.display())]
+    #[error("checkpoint {}: tensor {name:?} has dtype {dtype}, only F32 is supported", .path.display())]
     NotF32 { path: PathBuf, name: String, dtype: String },
-    #[error("checkpoint {}: tensor \"{name}\" is missing (the model expects shape {expected})", .path.display())]
+    #[error("checkpoint {}: tensor {name:?} is missing (the model expects shape {expected})", .path.display())]
     MissingTensor { path: PathBuf, name: String, expected: Shape },
-    #[error("checkpoint {}: tensor \"{name}\" (shape {shape}) is not a parameter of the model", .path.display())]
+    #[error("checkpoint {}: tensor {name:?} (shape {shape}) is not a parameter of the model", .path.display())]
     UnexpectedTensor { path: PathBuf, name: String, shape: Shape },
-    #[error("checkpoint {}: tensor \"{name}\" has shape {found}, the model expects {expected}", .path.display())]
+    #[error("checkpoint {}: tensor {name:?} has shape {found}, the model expects {expected}", .path.display())]
     ShapeMismatch { path: PathBuf, name: String, found: Shape, expected: Shape },
-    #[error("checkpoint {}: the name \"{name}\" is given to two tensors", .path.display())]
+    #[error("checkpoint {}: the name {name:?} is given to two tensors", .path.display())]
     DuplicateName { path: PathBuf, name: String },
-    #[error("checkpoint {}: {source}", .path.display())]
-    Metadata { path: PathBuf, source: MetadataError },
+    #[error("checkpoint {}: the header gives the metadata entry {key:?} twice", .path.display())]
+    DuplicateMetadata { path: PathBuf, key: String },
+    #[error(
+        "checkpoint {}: tensor {name:?} holds {count} non-finite value{} (NaN or Inf)",
+        .path.display(),
+        if *.count == 1 { "" } else { "s" }
+    )]
+    NonFinite { path: PathBuf, name: String, count: usize },
+    #[error("checkpoint {}: {cause}", .path.display())]
+    Metadata { path: PathBuf, cause: MetadataError },
     /// Moving the values between the host and the model's device failed.
-    #[error("checkpoint {}: {source}", .path.display())]
-    Device { path: PathBuf, source: TensorError },
+    #[error("checkpoint {}: {cause}", .path.display())]
+    Device { path: PathBuf, cause: TensorError },
 }
 
 /// Named tensors as read from a file, sorted by name.
@@ -130,16 +155,16 @@ pub fn save_tensors(
         return Err(CheckpointError::DuplicateName { path: path.to_path_buf(), name: name.clone() });
     }
     // A tensor on a device comes to the host to be written.
-    let device_error = |source| CheckpointError::Device { path: path.to_path_buf(), source };
+    let device_error = |cause| CheckpointError::Device { path: path.to_path_buf(), cause };
     let host: Vec<Tensor> =
         tensors.iter().map(|(_, t)| t.to(Device::Cpu)).collect::<Result<_, _>>().map_err(device_error)?;
     let views = tensors.iter().zip(&host).map(|((name, _), t)| (name.as_str(), F32View::new(t)));
     // An empty map is written as no `__metadata__` entry at all.
     let metadata = (!metadata.is_empty()).then(|| metadata.clone());
     let bytes = safetensors::serialize(views, &metadata)
-        .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), source: io::Error::other(format!("{e:?}")) })?;
+        .map_err(|e| CheckpointError::Write { path: path.to_path_buf(), cause: io::Error::other(format!("{e:?}")) })?;
     crate::fs::write_atomically(path, &bytes)
-        .map_err(|source| CheckpointError::Write { path: path.to_path_buf(), source })
+        .map_err(|cause| CheckpointError::Write { path: path.to_path_buf(), cause })
 }
 
 /// A tensor as safetensors sees it: dtype F32, its shape, its bytes.
@@ -176,20 +201,37 @@ impl safetensors::View for F32View {
 
 // ------------------------------------------------------------------ reading
 
-/// Reads every tensor of a safetensors file (each must be F32) and its
-/// metadata (empty if the file has none).
+/// Reads every tensor of a safetensors file (each must be F32 and finite)
+/// and its metadata (empty if the file has none). Tensors are checked in the
+/// order of their names, so a file with two bad tensors is always refused
+/// for the same one.
 pub fn load_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), CheckpointError> {
     let bytes = read(path)?;
     let (file, metadata) = parse(path, &bytes)?;
+    let mut views = file.tensors();
+    views.sort_by(|(a, _), (b, _)| a.cmp(b));
     let mut tensors = Tensors::new();
-    for (name, view) in file.tensors() {
+    for (name, view) in views {
         if view.dtype() != Dtype::F32 {
             let dtype = format!("{:?}", view.dtype());
             return Err(CheckpointError::NotF32 { path: path.to_path_buf(), name, dtype });
         }
         // Little-endian bytes to f32, four at a time (the data need not be
-        // aligned for f32, so it is not reinterpreted in place).
-        let values = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        // aligned for f32, so it is not reinterpreted in place), counting the
+        // values that are not finite in the same pass.
+        let mut non_finite = 0;
+        let values = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| {
+                let x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                non_finite += usize::from(!x.is_finite());
+                x
+            })
+            .collect();
+        if non_finite > 0 {
+            return Err(CheckpointError::NonFinite { path: path.to_path_buf(), name, count: non_finite });
+        }
         let tensor = Tensor::from_vec(values, view.shape().to_vec()).expect("safetensors checked the data length");
         tensors.insert(name, tensor);
     }
@@ -202,7 +244,7 @@ pub fn load_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), C
 pub fn read_metadata(path: &Path) -> Result<Metadata, CheckpointError> {
     let bytes = read(path)?;
     let (_, map) = parse(path, &bytes)?;
-    Metadata::from_map(&map).map_err(|source| CheckpointError::Metadata { path: path.to_path_buf(), source })
+    Metadata::from_map(&map).map_err(|cause| CheckpointError::Metadata { path: path.to_path_buf(), cause })
 }
 
 /// Loads a model checkpoint into `params` and returns its interchange metadata.
@@ -215,7 +257,7 @@ pub fn read_metadata(path: &Path) -> Result<Metadata, CheckpointError> {
 pub fn load_into(path: &Path, params: &[(String, Var)]) -> Result<Metadata, CheckpointError> {
     let (tensors, map) = load_tensors(path)?;
     let meta =
-        Metadata::from_map(&map).map_err(|source| CheckpointError::Metadata { path: path.to_path_buf(), source })?;
+        Metadata::from_map(&map).map_err(|cause| CheckpointError::Metadata { path: path.to_path_buf(), cause })?;
     set_values(path, tensors, params)?;
     Ok(meta)
 }
@@ -238,7 +280,7 @@ fn set_values(path: &Path, mut tensors: Tensors, params: &[(String, Var)]) -> Re
         .iter()
         .map(|(name, p)| tensors.remove(name).expect("checked above").to(p.value().device()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| CheckpointError::Device { path: path.to_path_buf(), source })?;
+        .map_err(|cause| CheckpointError::Device { path: path.to_path_buf(), cause })?;
     for ((_, p), v) in params.iter().zip(values) {
         p.set_value(v);
     }
@@ -268,8 +310,10 @@ fn check_names_and_shapes(path: &Path, tensors: &Tensors, params: &[(String, Var
     Ok(())
 }
 
+/// The whole file, if it is a regular one: a FIFO would block the read
+/// forever and a device would never end ([`crate::fs::read_regular`]).
 fn read(path: &Path) -> Result<Vec<u8>, CheckpointError> {
-    std::fs::read(path).map_err(|source| CheckpointError::Read { path: path.to_path_buf(), source })
+    crate::fs::read_regular(path).map_err(|cause| CheckpointError::Read { path: path.to_path_buf(), cause })
 }
 
 /// Parses the header and checks that it describes the bytes that follow,
@@ -284,6 +328,24 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
     let truncated =
         |expected: usize| CheckpointError::Truncated { path: path.to_path_buf(), expected, actual: bytes.len() };
     let header_len = || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if let Some(header) = header_text(bytes) {
+        match header::first_duplicate(header) {
+            Some(header::Duplicate::Tensor(name)) => {
+                return Err(CheckpointError::DuplicateName { path: path.to_path_buf(), name })
+            }
+            Some(header::Duplicate::Metadata(key)) => {
+                return Err(CheckpointError::DuplicateMetadata { path: path.to_path_buf(), key })
+            }
+            None => {}
+        }
+        // The data the offsets describe must be in the file. Checked here
+        // because the crate adds the last offset to the header's length
+        // unchecked, which a hostile offset near 2^64 overflows.
+        let needed = (8 + header.len()).saturating_add(data_len(header));
+        if needed > bytes.len() {
+            return Err(truncated(needed));
+        }
+    }
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
         SafeTensorError::HeaderTooSmall => {
             not_safetensors(format!("{} bytes is too short to hold the 8-byte header length", bytes.len()))
@@ -293,20 +355,28 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
             header_len()
         )),
         SafeTensorError::InvalidHeaderLength => truncated((header_len() as usize).saturating_add(8)),
-        SafeTensorError::InvalidHeader | SafeTensorError::InvalidHeaderStart => {
-            not_safetensors("the header is not UTF-8 text".to_string())
-        }
+        SafeTensorError::InvalidHeader => not_safetensors("the header is not UTF-8 text".to_string()),
+        SafeTensorError::InvalidHeaderStart => not_safetensors("the header does not start with '{'".to_string()),
         SafeTensorError::InvalidHeaderDeserialization => {
             not_safetensors("the header is not a JSON description of tensors".to_string())
         }
+        SafeTensorError::JsonError(e) => not_safetensors(format!("the header is not valid JSON ({e})")),
         SafeTensorError::InvalidOffset(name) => {
-            not_safetensors(format!("the byte range of tensor \"{name}\" does not follow the previous one"))
+            not_safetensors(format!("the byte range of tensor {name:?} does not follow the previous one"))
         }
         SafeTensorError::TensorInvalidInfo => {
             not_safetensors("a tensor's byte range does not match its shape and dtype".to_string())
         }
-        // The header parsed, but the data after it is shorter or longer than
-        // the header's offsets say.
+        SafeTensorError::InvalidTensorView(dtype, shape, len) => {
+            not_safetensors(format!("a {dtype:?} tensor of shape {shape:?} cannot be {len} bytes long"))
+        }
+        SafeTensorError::ValidationOverflow => {
+            not_safetensors("a tensor's shape has more elements than a 64-bit count holds".to_string())
+        }
+        SafeTensorError::TensorNotFound(name) => not_safetensors(format!("no tensor is named {name:?}")),
+        SafeTensorError::IoError(cause) => CheckpointError::Read { path: path.to_path_buf(), cause },
+        // The header parsed, but the data after it is longer than the
+        // header's offsets say (shorter was refused above).
         SafeTensorError::MetadataIncompleteBuffer => {
             let n = header_len() as usize;
             let expected = 8 + n + data_len(&bytes[8..8 + n]);
@@ -316,16 +386,24 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
                 not_safetensors(format!("{} bytes follow the last tensor", bytes.len() - expected))
             }
         }
-        other => not_safetensors(format!("{other:?}")),
     })?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let file = SafeTensors::deserialize(bytes).expect("the header was validated just above");
     Ok((file, metadata))
 }
 
-/// The length of the data section that a valid header describes: the end of
-/// its last tensor, the largest `data_offsets[1]`.
+/// The header's text (the n bytes after the 8 that hold n), if the file is
+/// long enough to hold it.
+fn header_text(bytes: &[u8]) -> Option<&[u8]> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    bytes.get(8..8usize.checked_add(n)?)
+}
+
+/// The length of the data section that a header describes: the end of its
+/// last tensor, the largest `data_offsets[1]` (0 for a header that is not
+/// JSON, which the safetensors crate then refuses).
 fn data_len(header: &[u8]) -> usize {
     let header: HashMap<String, serde_json::Value> = serde_json::from_slice(header).unwrap_or_default();
-    header.values().filter_map(|info| info["data_offsets"][1].as_u64()).max().unwrap_or(0) as usize
+    let end = header.values().filter_map(|info| info["data_offsets"][1].as_u64()).max().unwrap_or(0);
+    usize::try_from(end).unwrap_or(usize::MAX)
 }

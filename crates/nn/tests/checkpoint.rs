@@ -258,7 +258,7 @@ fn refuses_a_path_that_does_not_exist() {
     let msg = refused(&path);
     assert!(msg.contains("no-such-model.safetensors: cannot read:"), "{msg}");
     let err = load_tensors(&path).unwrap_err();
-    assert!(matches!(&err, CheckpointError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound));
+    assert!(matches!(&err, CheckpointError::Read { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound));
     assert!(read_metadata(&path).is_err());
 }
 
