@@ -35,6 +35,7 @@ use ddpm::eval::{
     classify, load_classifier, save_classifier, score, train_classifier, ClassifierConfig, Gaussian, Score,
 };
 use ddpm::sampler::Method;
+use ddpm::pipeline::MAX_IMAGES;
 use ddpm::{Pipeline, Sampling};
 use ddpm_autograd::Tensor;
 use ddpm_nn::{Classifier, Module};
@@ -125,10 +126,16 @@ impl Source {
     }
 }
 
+/// The most epochs of classifier training asked for: 15 reach 99% on MNIST.
+const MAX_CLASSIFIER_EPOCHS: usize = 1_000;
+
 pub fn run(args: EvalArgs) -> Result<()> {
     let device = resolve(args.device)?;
-    if args.train_limit == Some(0) || args.epochs == Some(0) {
-        bail!("--train-limit and --epochs must be at least 1");
+    if args.train_limit == Some(0) {
+        bail!("--train-limit must be at least 1");
+    }
+    if let Some(e) = args.epochs.filter(|e| !(1..=MAX_CLASSIFIER_EPOCHS).contains(e)) {
+        bail!("--epochs must be 1 ..= {MAX_CLASSIFIER_EPOCHS} (the classifier learns MNIST in 15), not {e}");
     }
     let source = open_source(&args, device)?;
     let n = source.len(args.n);
@@ -136,6 +143,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let data_dir = locate(args.dataset.name(), args.data_dir.as_deref(), env.as_deref())?;
     let train = Split::load(&data_dir, TRAIN_IMAGES, TRAIN_LABELS)?;
     let test = Split::load(&data_dir, TEST_IMAGES, TEST_LABELS)?;
+    if train.len() < 2 {
+        bail!("{}: {} training image(s); the floor needs at least 2", data_dir.display(), train.len());
+    }
     let floor_n = args.floor_n.unwrap_or(n.min(train.len()));
     if floor_n < 2 || floor_n > train.len() {
         bail!("--floor-n must be 2 ..= {} (the training images), not {floor_n}", train.len());
@@ -294,8 +304,8 @@ fn open_source(args: &EvalArgs, device: Device) -> Result<Source> {
     }
 
     let path = args.checkpoint.clone().expect("clap requires --checkpoint or --samples");
-    if args.n < 2 {
-        bail!("--n must be at least 2 (a covariance needs two images)");
+    if !(2..=MAX_IMAGES).contains(&args.n) {
+        bail!("--n must be 2 ..= {MAX_IMAGES} (a covariance needs two images; the most one run samples), not {}", args.n);
     }
     let pipeline = Pipeline::from_checkpoint(&path, device)?;
     let settings = sampling_from_flags(&pipeline, args.sampler, args.steps, args.eta, args.guidance)?;

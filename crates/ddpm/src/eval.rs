@@ -312,6 +312,14 @@ pub fn classify(model: &Classifier, images: &Tensor) -> Result<Outputs, EvalErro
         }
         Ok(())
     })?;
+    // Never score what is not a number: a NaN image or weight makes NaN
+    // features, and NaN compares false with everything downstream.
+    let bad = features.iter().chain(&probs).filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(EvalError::Invalid(format!(
+            "the classifier gave {bad} NaN or infinite outputs for {n} images; they are not scored"
+        )));
+    }
     Ok(Outputs { features, probs })
 }
 
@@ -425,6 +433,10 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> Result<f64, EvalError> {
     let (eigenvalues, _) = symmetric_eigen(&m, d);
     let trace_sqrt: f64 = eigenvalues.iter().map(|&l| l.max(0.0).sqrt()).sum();
     let d2 = mean_term + trace(&a.cov) + trace(&b.cov) - 2.0 * trace_sqrt;
+    // f64::max(NaN, 0) is 0: a NaN feature would score as a perfect match.
+    if !d2.is_finite() {
+        return Err(EvalError::Invalid(format!("the Fréchet distance is {d2}: a feature is NaN or infinite")));
+    }
     Ok(d2.max(0.0))
 }
 
