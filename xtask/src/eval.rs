@@ -34,8 +34,8 @@ use ddpm::data::{locate, Split, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LA
 use ddpm::eval::{
     classify, load_classifier, save_classifier, score, train_classifier, ClassifierConfig, Gaussian, Score,
 };
-use ddpm::sampler::Method;
 use ddpm::pipeline::MAX_IMAGES;
+use ddpm::sampler::Method;
 use ddpm::{Pipeline, Sampling};
 use ddpm_autograd::Tensor;
 use ddpm_nn::{Classifier, Module};
@@ -305,7 +305,10 @@ fn open_source(args: &EvalArgs, device: Device) -> Result<Source> {
 
     let path = args.checkpoint.clone().expect("clap requires --checkpoint or --samples");
     if !(2..=MAX_IMAGES).contains(&args.n) {
-        bail!("--n must be 2 ..= {MAX_IMAGES} (a covariance needs two images; the most one run samples), not {}", args.n);
+        bail!(
+            "--n must be 2 ..= {MAX_IMAGES} (a covariance needs two images; the most one run samples), not {}",
+            args.n
+        );
     }
     let pipeline = Pipeline::from_checkpoint(&path, device)?;
     let settings = sampling_from_flags(&pipeline, args.sampler, args.steps, args.eta, args.guidance)?;

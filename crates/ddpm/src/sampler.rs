@@ -28,8 +28,8 @@
 use ddpm_autograd::{no_grad, Result, Tensor, TensorError, Var};
 use ddpm_nn::layers::Mode;
 use ddpm_nn::UNet;
-use ddpm_tensor::Device;
 pub use ddpm_tensor::ops::{apply_update, SamplingStep, Update};
+use ddpm_tensor::Device;
 
 use crate::Schedule;
 
@@ -348,6 +348,22 @@ mod tests {
     }
 
     const TS: [usize; 6] = [0, 1, 10, 100, 500, 999];
+
+    /// x at the edge of f32: the first step's division by a_t < 1 overflows,
+    /// and the loop stops there, naming the step, before anyone sees x.
+    #[test]
+    fn a_step_that_overflows_stops_the_sampler() {
+        let model = UNet::new(ddpm_nn::Preset::Tiny, 0, &mut crate::rng::stream(0, crate::rng::Stream::Init, 0));
+        let s = Schedule::new(crate::ScheduleKind::Linear, 1000);
+        let x_t = Tensor::from_vec(vec![f32::MAX; 784], [1, 1, 28, 28]).unwrap();
+        let mut seen = 0;
+        let ended = run(&model, &s, &x_t, Method::Ddpm, Conditioning::UNCONDITIONAL, 0, &mut |_, _, _| seen += 1);
+        match ended {
+            Err(SampleError::Diverged { step: 1, steps: 1000, t: 999, count }) => assert!(count > 0),
+            other => panic!("expected a divergence at step 1, got {other:?}"),
+        }
+        assert_eq!(seen, 0, "the observer never sees a non-finite x");
+    }
 
     /// The paper's step in the lecture's names, term by term.
     #[test]
