@@ -98,6 +98,18 @@ fn on_worker_thread<T: Send>(job: impl FnOnce() -> T + Send) -> T {
     rayon::scope(|_| job())
 }
 
+fn run(cli: Cli) -> Result<()> {
+    match cli.job {
+        Job::Train(args) => train::run(args),
+        Job::Sample(args) => sample::run(args),
+        Job::Data(args) => download::run(args),
+        Job::Lecture(args) => lecture::run(args),
+        Job::Eval(args) => eval::run(args),
+        Job::Bench(args) => bench::run(args),
+        Job::Test(args) => test::run(args),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::one_line;
@@ -124,17 +136,5 @@ mod tests {
     fn control_characters_are_escaped() {
         let e = anyhow::anyhow!("schedule \"lin\u{1b}[2J\near\"");
         assert_eq!(one_line(&e), "schedule \"lin\\u{1b}[2J\\near\"");
-    }
-}
-
-fn run(cli: Cli) -> Result<()> {
-    match cli.job {
-        Job::Train(args) => train::run(args),
-        Job::Sample(args) => sample::run(args),
-        Job::Data(args) => download::run(args),
-        Job::Lecture(args) => lecture::run(args),
-        Job::Eval(args) => eval::run(args),
-        Job::Bench(args) => bench::run(args),
-        Job::Test(args) => test::run(args),
     }
 }
