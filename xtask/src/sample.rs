@@ -203,6 +203,9 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("{} gives {} images but {a} gives {na}", given[0].0, given[0].1);
     }
     let n = given.first().map_or(100, |&(_, n)| n);
+    if let Some(&(flag, _)) = given.first().filter(|_| n == 0) {
+        bail!("{flag} gives no images");
+    }
     if let Some(&(flag, _)) = given.first().filter(|_| n > max_n) {
         bail!("{flag} gives {n} images, at most {max_n} (the most one run samples{})", frames_note(max_n));
     }

@@ -68,6 +68,20 @@ fn absurd_numbers_are_refused_with_their_limits() {
         args.extend_from_slice(flags);
         assert_fails_with(&xtask(&args), needle);
     }
+    // An empty --labels file (written by hand: NumPy's format 1.0, int64, shape (0,)).
+    let labels = d.join("labels.npy");
+    let mut header = "{'descr': '<i8', 'fortran_order': False, 'shape': (0,), }".to_string();
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend((header.len() as u16 + 1).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    bytes.push(b'\n');
+    std::fs::write(&labels, bytes).unwrap();
+    assert_fails_with(&sample(d, FIXTURE, &["--labels", labels.to_str().unwrap()]), "--labels gives no images");
+    std::fs::remove_file(&labels).unwrap();
+
     let out = xtask(&["eval", "--checkpoint", FIXTURE, "--n", "1000000", "--data-dir", SHARED_MNIST]);
     assert_fails_with(&out, "--n must be 2 ..= 100000");
     assert_only(d, &[]);

@@ -1,54 +1,18 @@
 //! The IDX reader on the real files and on every kind of broken one.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ddpm::data::{
     locate_in, read_images, read_labels, Batches, Split, TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS,
 };
-use flate2::{write::GzEncoder, Compression};
+
+mod common;
+use common::{gz, idx_images, idx_labels, temp_dir, write};
 
 /// `../shared/data/mnist` beside the checkout, where CI and these machines have it.
 fn shared_mnist() -> Option<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
     dir.join(format!("{TRAIN_IMAGES}.gz")).exists().then_some(dir)
-}
-
-/// A fresh directory per test (tests run in parallel, and so may other runs),
-/// removed when the test ends, whether it passes or fails.
-fn temp_dir(test: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
-}
-
-/// An IDX image file: magic, count, rows, cols, then the pixels.
-fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
-    let mut v = vec![];
-    for x in [0x0803, count, rows, cols] {
-        v.extend(x.to_be_bytes());
-    }
-    v.extend(pixels);
-    v
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut v = vec![];
-    for x in [0x0801, labels.len() as u32] {
-        v.extend(x.to_be_bytes());
-    }
-    v.extend(labels);
-    v
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(vec![], Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
 }
 
 #[test]

@@ -4,42 +4,14 @@
 //! files, plain and compressed. Each is read exactly or refused in one line.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ddpm::data::{read_images, read_labels, DataError, Split, SIDE, TRAIN_IMAGES, TRAIN_LABELS};
 use flate2::{write::GzEncoder, Compression};
 use proptest::prelude::*;
 
-fn temp_dir(test: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
-}
-
-fn idx_images(count: u32, rows: u32, cols: u32, pixels: &[u8]) -> Vec<u8> {
-    let mut v = vec![];
-    for x in [0x0803, count, rows, cols] {
-        v.extend(x.to_be_bytes());
-    }
-    v.extend(pixels);
-    v
-}
-
-fn idx_labels(labels: &[u8]) -> Vec<u8> {
-    let mut v = [0x0801u32, labels.len() as u32].iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
-    v.extend(labels);
-    v
-}
-
-fn gz(bytes: &[u8]) -> Vec<u8> {
-    let mut e = GzEncoder::new(vec![], Compression::fast());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
-
-fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
+mod common;
+use common::{gz, idx_images, idx_labels, temp_dir, write};
 
 /// Two images' pixels, different in every byte.
 fn pixels(n: usize) -> Vec<u8> {

@@ -5,6 +5,9 @@ use ddpm::data::{Images, Split};
 use ddpm::{TrainConfig, Trainer};
 use ddpm_nn::Preset;
 
+mod common;
+use common::temp_dir;
+
 /// 40 synthetic 28x28 digits-like images (a bright bar whose position depends
 /// on the label), so the test needs no data files.
 fn toy_data() -> Split {
@@ -23,12 +26,6 @@ fn toy_data() -> Split {
 
 fn config() -> TrainConfig {
     TrainConfig { batch: 8, warmup: 3, seed: 7, ..TrainConfig::new(Preset::Tiny, 10) }
-}
-
-/// A fresh directory per test (tests run in parallel, and so may other runs),
-/// removed when the test ends, whether it passes or fails.
-fn temp_dir(test: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
 }
 
 fn values(trainer: &Trainer) -> Vec<Vec<f32>> {

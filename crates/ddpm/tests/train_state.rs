@@ -12,6 +12,9 @@ use ddpm_nn::checkpoint::{load_tensors, save_tensors};
 use ddpm_nn::Preset;
 use proptest::prelude::*;
 
+mod common;
+use common::temp_dir;
+
 /// Four blank 28x28 images: enough for a step of a batch of 2.
 fn data() -> Split {
     Split { images: Images { count: 4, rows: 28, cols: 28, pixels: vec![0; 4 * 784] }, labels: vec![0, 1, 2, 3] }
@@ -19,10 +22,6 @@ fn data() -> Split {
 
 fn config() -> TrainConfig {
     TrainConfig { batch: 2, seed: 3, ..TrainConfig::new(Preset::Tiny, 10) }
-}
-
-fn temp_dir(test: &str) -> tempfile::TempDir {
-    tempfile::Builder::new().prefix(&format!("ddpm-{test}-")).tempdir().unwrap()
 }
 
 /// The state of a run after one step, written into `dir`.
