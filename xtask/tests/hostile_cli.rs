@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use common::{assert_fails_with, stderr, temp_dir, write_npy, xtask, FIXTURE, SHARED_MNIST};
+use common::{assert_fails_with, stderr, temp_dir, write_npy, write_npy_bytes, xtask, FIXTURE, SHARED_MNIST};
 use ddpm_autograd::Tensor;
 use ddpm_nn::checkpoint::{load_tensors, save_tensors};
 
@@ -68,17 +68,9 @@ fn absurd_numbers_are_refused_with_their_limits() {
         args.extend_from_slice(flags);
         assert_fails_with(&xtask(&args), needle);
     }
-    // An empty --labels file (written by hand: NumPy's format 1.0, int64, shape (0,)).
+    // An empty --labels file: int64, shape (0,).
     let labels = d.join("labels.npy");
-    let mut header = "{'descr': '<i8', 'fortran_order': False, 'shape': (0,), }".to_string();
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend((header.len() as u16 + 1).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    bytes.push(b'\n');
-    std::fs::write(&labels, bytes).unwrap();
+    write_npy_bytes(&labels, "<i8", &[0], &[]);
     assert_fails_with(&sample(d, FIXTURE, &["--labels", labels.to_str().unwrap()]), "--labels gives no images");
     std::fs::remove_file(&labels).unwrap();
 

@@ -53,17 +53,23 @@ pub fn temp_dir(tag: &str) -> tempfile::TempDir {
 /// A float32 .npy file, written by hand (NumPy's format 1.0), independently
 /// of the binary's own writer.
 pub fn write_npy(path: &Path, shape: &[usize], data: &[f32]) {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy_bytes(path, "<f4", shape, &bytes);
+}
+
+/// A .npy file of dtype `descr` (`<f4`, `<i8`) holding `data` as given.
+pub fn write_npy_bytes(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
     let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
     bytes.extend((header.len() as u16).to_le_bytes());
     bytes.extend(header.as_bytes());
-    bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    bytes.extend(data);
     std::fs::write(path, bytes).unwrap();
 }
 
