@@ -249,11 +249,7 @@ fn plan_outputs(args: &EvalArgs, json_path: &Path, data_dir: &Path) -> Result<()
             plan.input(flag, path);
         }
     }
-    for name in [TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS] {
-        for file in [data_dir.join(name), data_dir.join(format!("{name}.gz"))] {
-            plan.input("the data file", &file);
-        }
-    }
+    plan.data_files(data_dir, &[TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS]);
     let classifier = classifier_path(args);
     let trains = args.retrain || !classifier.exists();
     if !trains {
@@ -262,8 +258,7 @@ fn plan_outputs(args: &EvalArgs, json_path: &Path, data_dir: &Path) -> Result<()
     plan.output("--json", json_path)?;
     // A classifier's folder that does not exist yet is created when it is
     // written, and holds nothing that it could clash with.
-    let folder = classifier.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if trains && folder.is_dir() {
+    if trains && ddpm_nn::fs::folder_of(&classifier).is_dir() {
         plan.output("--classifier", &classifier)?;
     }
     Ok(())

@@ -77,8 +77,7 @@ pub fn run(args: LectureArgs) -> Result<()> {
     section_3(&schedule);
     section_4(&checkpoint, &test, &args.out, args.seed, &mut pictures)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
-    let files: Vec<(&Path, Vec<u8>)> = pictures.0.iter().map(|(p, b)| (p.as_path(), b.clone())).collect();
-    outputs::commit(&files)
+    outputs::commit(&pictures.0)
 }
 
 /// The pictures of the sections, path and PNG bytes, to be written at the end.
@@ -100,11 +99,7 @@ fn plan_outputs(out: &Path, checkpoint: &Path, data_dir: &Path) -> Result<()> {
     }
     let mut plan = Plan::new();
     plan.input("--checkpoint", checkpoint);
-    for name in [TEST_IMAGES, TEST_LABELS] {
-        for file in [data_dir.join(name), data_dir.join(format!("{name}.gz"))] {
-            plan.input("the data file", &file);
-        }
-    }
+    plan.data_files(data_dir, &[TEST_IMAGES, TEST_LABELS]);
     for name in PICTURES {
         plan.output("--out", &out.join(name))?;
     }

@@ -23,7 +23,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use ddpm_nn::fs::{check_regular, remove_stale_temporaries, temporary_path, write_atomically};
+use ddpm_nn::fs::{check_regular, folder_of, remove_stale_temporaries, temporary_path, write_atomically};
 
 /// Where a path leads: its canonical form (links resolved; for a file not yet
 /// there, its folder's canonical form and its name) and, if it exists, its
@@ -49,14 +49,6 @@ fn existing(path: &Path) -> Option<Identity> {
     Some(Identity { canonical, file: Some((meta.dev(), meta.ino())) })
 }
 
-/// The folder a path's file is in: `.` for a bare name.
-fn folder_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    }
-}
-
 /// The inputs and the outputs of one job, checked against each other.
 #[derive(Default)]
 pub struct Plan {
@@ -74,6 +66,16 @@ impl Plan {
     pub fn input(&mut self, flag: &str, path: &Path) {
         if let Some(identity) = existing(path) {
             self.inputs.push((flag.to_string(), path.to_path_buf(), identity));
+        }
+    }
+
+    /// Notes the data files `names` of the folder `dir` (each as it is, or
+    /// compressed as `.gz`: whichever exist) as inputs.
+    pub fn data_files(&mut self, dir: &Path, names: &[&str]) {
+        for name in names {
+            for file in [dir.join(name), dir.join(format!("{name}.gz"))] {
+                self.input("the data file", &file);
+            }
         }
     }
 
@@ -133,12 +135,11 @@ struct Written<'a> {
 /// temporary name (a hard link, so nothing is copied) until all are written.
 /// Temporary files of the same paths that a killed run left are removed first,
 /// with a note.
-pub fn commit(files: &[(&Path, Vec<u8>)]) -> Result<()> {
+pub fn commit(files: &[(impl AsRef<Path>, Vec<u8>)]) -> Result<()> {
     let mut written: Vec<Written> = vec![];
     for (path, bytes) in files {
-        for stale in remove_stale_temporaries(path) {
-            eprintln!("note: removed {}, a temporary file left by an earlier run that was killed", stale.display());
-        }
+        let path = path.as_ref();
+        remove_stale(path);
         let backup = keep_old(path);
         match write_atomically(path, bytes) {
             Ok(()) => written.push(Written { path, backup }),
@@ -156,6 +157,14 @@ pub fn commit(files: &[(&Path, Vec<u8>)]) -> Result<()> {
         let _ = fs::remove_file(backup);
     }
     Ok(())
+}
+
+/// Removes the temporary files of `path` that a killed run left (see
+/// [`remove_stale_temporaries`]), saying so for each.
+pub fn remove_stale(path: &Path) {
+    for stale in remove_stale_temporaries(path) {
+        eprintln!("note: removed {}, a temporary file left by an earlier run that was killed", stale.display());
+    }
 }
 
 /// A hard link to the regular file at `path`, if there is one and the file

@@ -33,7 +33,7 @@ use ddpm::fit::{Ended, MODEL_FILE as MODEL, STATE_FILE as STATE};
 use ddpm::train::{StepStats, TrainConfig, Trainer};
 use ddpm::{picture, ScheduleKind};
 use ddpm::{Fit, Pipeline, Sampling, Stop};
-use ddpm_nn::fs::{remove_stale_temporaries, write_atomically};
+use ddpm_nn::fs::write_atomically;
 use ddpm_nn::Preset;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -187,9 +187,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let result = (|| -> Result<()> {
         plan_outputs(&out, &data_dir, args.resume)?;
         for name in [STATE, MODEL, LOG, SAMPLES, LOSS] {
-            for stale in remove_stale_temporaries(&out.join(name)) {
-                eprintln!("note: removed {}, a temporary file left by an earlier run that was killed", stale.display());
-            }
+            outputs::remove_stale(&out.join(name));
         }
         train_and_draw(&args, &config, trainer, &data, &data_dir, &out, &mut log, stop, target)
     })();
@@ -221,11 +219,7 @@ fn create_folder(out: &Path) -> Result<Vec<PathBuf>> {
 /// outputs, that each is a regular file if it exists) before any step.
 fn plan_outputs(out: &Path, data_dir: &Path, resume: bool) -> Result<()> {
     let mut plan = Plan::new();
-    for name in [TRAIN_IMAGES, TRAIN_LABELS] {
-        for file in [data_dir.join(name), data_dir.join(format!("{name}.gz"))] {
-            plan.input("the data file", &file);
-        }
-    }
+    plan.data_files(data_dir, &[TRAIN_IMAGES, TRAIN_LABELS]);
     // On --resume the state is read and then rewritten: an input and an output.
     let state = if resume { None } else { Some(STATE) };
     for name in state.into_iter().chain([MODEL, LOG, SAMPLES, LOSS]) {

@@ -77,11 +77,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn remove_stale_temporaries(path: &Path) -> Vec<PathBuf> {
     let Some(file_name) = path.file_name() else { return vec![] };
     let stem = temp_stem(file_name);
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(folder_of(path)) else { return vec![] };
     let mut removed = vec![];
     for entry in entries.flatten() {
         let name = entry.file_name();
@@ -113,19 +109,22 @@ fn process_is_alive(pid: u32) -> bool {
     Path::new("/proc/self").exists() && Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The folder a path's file is in: its parent, or `.` for a bare name
+/// (`Path::parent` gives the empty path for `a.png`).
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// Flushes the directory entry written by the rename, so that the new name
 /// survives a power cut. Best effort: the file is complete and in place by now,
 /// and some file systems refuse to sync a directory.
 fn sync_directory(path: &Path) {
     #[cfg(unix)]
-    {
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+    if let Ok(dir) = File::open(folder_of(path)) {
+        let _ = dir.sync_all();
     }
     #[cfg(not(unix))]
     let _ = path;
