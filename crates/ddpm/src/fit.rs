@@ -21,16 +21,14 @@
 //! # Ok::<(), ddpm::train::TrainError>(())
 //! ```
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ddpm_autograd::Tensor;
 use ddpm_nn::checkpoint;
 
 use crate::data::Split;
-use crate::train::{StepStats, TrainError, Trainer};
+use crate::train::{StepStats, TrainError, Trainer, MODEL_STEP};
 
 /// The resumable state in a run's folder (raw weights, EMA, Adam's moments,
 /// counters): what `--resume` reads.
@@ -147,25 +145,12 @@ impl Trainer {
 
     /// Writes the run into `dir`: [`STATE_FILE`] first, then [`MODEL_FILE`],
     /// each atomically, so that after a kill the state is never older than
-    /// the model. The model file names its step in its metadata (`step`), and
+    /// the model. The model file names its step in its metadata ([`MODEL_STEP`]), and
     /// [`Trainer::repair_model`] brings a model left behind by a kill between
     /// the two up to the state.
     pub fn save(&self, dir: &Path) -> Result<(), TrainError> {
         self.save_state(&dir.join(STATE_FILE))?;
-        self.save_model_of_step(&dir.join(MODEL_FILE))
-    }
-
-    /// Writes the EMA weights in the interchange format, as
-    /// [`Trainer::save_model`] does, with the step they are of as one more
-    /// metadata entry (`step`; readers of the format ignore keys they do not
-    /// know).
-    pub fn save_model_of_step(&self, path: &Path) -> Result<(), TrainError> {
-        let names = self.named_params().iter().map(|(name, _)| name.clone());
-        let tensors: Vec<(String, Tensor)> = names.zip(self.ema().shadow().iter().cloned()).collect();
-        let mut metadata: HashMap<String, String> = self.metadata().to_map();
-        metadata.insert("step".into(), self.step_count().to_string());
-        checkpoint::save_tensors(path, &tensors, &metadata)?;
-        Ok(())
+        self.save_model(&dir.join(MODEL_FILE))
     }
 
     /// Makes `dir`'s [`MODEL_FILE`] that of this (resumed) run's step: a kill
@@ -175,11 +160,12 @@ impl Trainer {
     /// that does not say or cannot be read) after rewriting it from the EMA.
     pub fn repair_model(&self, dir: &Path) -> Result<Option<Option<u64>>, TrainError> {
         let path = dir.join(MODEL_FILE);
-        let saved = checkpoint::load_tensors(&path).ok().and_then(|(_, meta)| meta.get("step")?.parse::<u64>().ok());
+        let saved =
+            checkpoint::load_tensors(&path).ok().and_then(|(_, meta)| meta.get(MODEL_STEP)?.parse::<u64>().ok());
         if saved == Some(self.step_count()) {
             return Ok(None);
         }
-        self.save_model_of_step(&path)?;
+        self.save_model(&path)?;
         Ok(Some(saved))
     }
 }

@@ -219,6 +219,10 @@ pub struct Trainer {
 
 const STATE_FORMAT: &str = "ddpm-rs training state 1";
 
+/// The metadata entry of a model file written by [`Trainer::save_model`]
+/// that names the training step of its weights.
+pub const MODEL_STEP: &str = "step";
+
 impl Trainer {
     /// A fresh run over a data set of `data_len` images: weights initialised
     /// from the seed, Adam's moments at zero, the EMA at the initial weights.
@@ -345,11 +349,15 @@ impl Trainer {
         Ok(model)
     }
 
-    /// Writes the EMA weights in the interchange format (atomically).
+    /// Writes the EMA weights in the interchange format (atomically), with
+    /// the step they are of as one more metadata entry ([`MODEL_STEP`];
+    /// readers of the format ignore entries they do not know).
     pub fn save_model(&self, path: &Path) -> Result<(), TrainError> {
         let names = self.named.iter().map(|(name, _)| name.clone());
         let tensors: Vec<(String, Tensor)> = names.zip(self.ema.shadow().iter().cloned()).collect();
-        checkpoint::save_tensors(path, &tensors, &self.metadata().to_map())?;
+        let mut metadata = self.metadata().to_map();
+        metadata.insert(MODEL_STEP.into(), self.step.to_string());
+        checkpoint::save_tensors(path, &tensors, &metadata)?;
         Ok(())
     }
 
