@@ -328,6 +328,9 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
     let truncated =
         |expected: usize| CheckpointError::Truncated { path: path.to_path_buf(), expected, actual: bytes.len() };
     let header_len = || u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    // The length of the file the header describes (`None` if the file does
+    // not even hold the header, which the crate refuses below).
+    let mut needed = None;
     if let Some(header) = header_text(bytes) {
         match header::first_duplicate(header) {
             Some(header::Duplicate::Tensor(name)) => {
@@ -341,10 +344,11 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
         // The data the offsets describe must be in the file. Checked here
         // because the crate adds the last offset to the header's length
         // unchecked, which a hostile offset near 2^64 overflows.
-        let needed = (8 + header.len()).saturating_add(data_len(header));
-        if needed > bytes.len() {
-            return Err(truncated(needed));
+        let len = (8 + header.len()).saturating_add(data_len(header));
+        if len > bytes.len() {
+            return Err(truncated(len));
         }
+        needed = Some(len);
     }
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| match e {
         SafeTensorError::HeaderTooSmall => {
@@ -377,15 +381,11 @@ fn parse<'a>(path: &Path, bytes: &'a [u8]) -> Result<(SafeTensors<'a>, HashMap<S
         SafeTensorError::IoError(cause) => CheckpointError::Read { path: path.to_path_buf(), cause },
         // The header parsed, but the data after it is longer than the
         // header's offsets say (shorter was refused above).
-        SafeTensorError::MetadataIncompleteBuffer => {
-            let n = header_len() as usize;
-            let expected = 8 + n + data_len(&bytes[8..8 + n]);
-            if bytes.len() < expected {
-                truncated(expected)
-            } else {
-                not_safetensors(format!("{} bytes follow the last tensor", bytes.len() - expected))
-            }
-        }
+        SafeTensorError::MetadataIncompleteBuffer => match needed {
+            Some(needed) => not_safetensors(format!("{} bytes follow the last tensor", bytes.len() - needed)),
+            // Not reached: the crate parsed a header, so the file holds it.
+            None => truncated((header_len() as usize).saturating_add(8)),
+        },
     })?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let file = SafeTensors::deserialize(bytes).expect("the header was validated just above");
