@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use ddpm::picture;
 use ddpm::pipeline::{GUIDANCE, MAX_IMAGES, MAX_IMAGES_WITH_FRAMES};
@@ -237,9 +237,11 @@ pub fn run(args: SampleArgs) -> Result<()> {
         bail!("--class-names names 10 columns, one per class; this grid has {cols} (use --cols 10)");
     }
     // The pictures' sizes follow from the flags: a grid too large is refused now.
-    let (width, height) = picture::grid_size(picture::Geometry { n, h: 28, w: 28 }, cols, usize::from(args.scale))?;
-    if args.gif.is_some() && width.max(height) > usize::from(u16::MAX) {
-        bail!("--gif: a grid of {width}x{height} pixels is larger than a GIF can be (65535); use a smaller --scale");
+    let geometry = picture::Geometry { n, h: 28, w: 28 };
+    picture::grid_size(geometry, cols, usize::from(args.scale))?;
+    if args.gif.is_some() {
+        picture::gif_size(geometry, cols, usize::from(args.scale))
+            .context("--gif (use a smaller --scale or more --cols)")?;
     }
 
     // Fail before the work, not after: every output is checked against the

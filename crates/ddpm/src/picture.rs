@@ -122,20 +122,25 @@ pub fn gif(path: &Path, frames: &[Tensor], cols: usize, scale: usize, delay_cs: 
     write(path, &encode_gif(frames, cols, scale, delay_cs)?)
 }
 
+/// The width and height of [`gif`]'s frames: [`grid_size`]'s, or an error if
+/// either is more than the 65,535 pixels a GIF can be.
+pub fn gif_size(geometry: Geometry, cols: usize, scale: usize) -> Result<(u16, u16)> {
+    let (width, height) = grid_size(geometry, cols, scale)?;
+    match (u16::try_from(width), u16::try_from(height)) {
+        (Ok(width), Ok(height)) => Ok((width, height)),
+        _ => Err(PictureError::Layout(format!("a GIF of {width}x{height} pixels: larger than a GIF can be (65535)"))),
+    }
+}
+
 /// [`gif`]'s file, in memory.
 pub fn encode_gif(frames: &[Tensor], cols: usize, scale: usize, delay_cs: u16) -> Result<Vec<u8>> {
     let (frames, geometry) = host_frames(frames)?;
+    let (width, height) = gif_size(geometry, cols, scale)?;
     let encode_error = |e: gif::EncodingError| PictureError::Encode { format: "GIF", reason: e.to_string() };
     let palette: Vec<u8> = (0..=255u8).flat_map(|g| [g, g, g]).collect();
     let mut encoder: Option<gif::Encoder<Vec<u8>>> = None;
     for (f, values) in frames.iter().enumerate() {
         let grid = grid_pixels(values, geometry, cols, scale)?;
-        let (Ok(width), Ok(height)) = (u16::try_from(grid.width), u16::try_from(grid.height)) else {
-            return Err(PictureError::Layout(format!(
-                "a GIF of {}x{} pixels: larger than a GIF can be (65535)",
-                grid.width, grid.height
-            )));
-        };
         let e = match encoder.as_mut() {
             Some(e) => e,
             None => {
@@ -198,7 +203,8 @@ pub fn grid_size(geometry: Geometry, cols: usize, scale: usize) -> Result<(usize
 /// repeated `scale` x `scale` times (nearest neighbour), tiles separated and
 /// framed by [`GAP`] pixels of [`BACKGROUND`].
 ///
-/// The grid's size in pixels is [`grid_size`]'s; image `k` has its top-left corner at `x = GAP + (k % cols) * (w * scale + GAP)`,
+/// The grid's size in pixels is [`grid_size`]'s; image `k` has its top-left
+/// corner at `x = GAP + (k % cols) * (w * scale + GAP)`,
 /// `y = GAP + (k / cols) * (h * scale + GAP)`.
 pub fn grid_pixels(values: &[f32], geometry: Geometry, cols: usize, scale: usize) -> Result<Pixels> {
     let Geometry { n, h, w } = geometry;
