@@ -15,6 +15,11 @@ use proptest::prelude::*;
 mod common;
 use common::temp_dir;
 
+// The damage the checkpoint reader's property tests do, done to a state.
+#[path = "../../nn/tests/damage/mod.rs"]
+mod damage;
+use damage::{apply, damage};
+
 /// Four blank 28x28 images: enough for a step of a batch of 2.
 fn data() -> Split {
     Split { images: Images { count: 4, rows: 28, cols: 28, pixels: vec![0; 4 * 784] }, labels: vec![0, 1, 2, 3] }
@@ -139,48 +144,6 @@ fn t_must_be_in_the_range_a_model_may_have() {
     }
 }
 
-// ------------------------------------------------------------------ damage
-
-#[derive(Debug, Clone)]
-enum Damage {
-    Truncate(usize),
-    /// Bytes flipped in the header, or just after it.
-    Flip(Vec<(usize, u8)>),
-    Insert(usize, u8),
-    /// The `n`th digit of the header text becomes `digit`.
-    Digit(usize, u8),
-}
-
-fn damage() -> impl Strategy<Value = Damage> {
-    prop_oneof![
-        any::<usize>().prop_map(Damage::Truncate),
-        proptest::collection::vec((any::<usize>(), 1u8..=255), 1..4).prop_map(Damage::Flip),
-        (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Damage::Insert(at, b)),
-        (any::<usize>(), b'0'..=b'9').prop_map(|(n, d)| Damage::Digit(n, d)),
-    ]
-}
-
-fn apply(mut bytes: Vec<u8>, damage: &Damage) -> Vec<u8> {
-    let header_end = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    // The header and the first values: where damage says something about the
-    // reader, not about f32 arithmetic.
-    let region = (header_end + 64).min(bytes.len());
-    match damage {
-        Damage::Truncate(at) => bytes.truncate(at % (bytes.len() + 1)),
-        Damage::Flip(flips) => {
-            for &(at, mask) in flips {
-                bytes[at % region] ^= mask;
-            }
-        }
-        Damage::Insert(at, b) => bytes.insert(at % (region + 1), *b),
-        Damage::Digit(n, d) => {
-            let digits: Vec<usize> = (8..header_end).filter(|&i| bytes[i].is_ascii_digit()).collect();
-            bytes[digits[n % digits.len()]] = *d;
-        }
-    }
-    bytes
-}
-
 /// A state saved once for every case (each resume builds a model; saving
 /// one per case would be most of the time).
 fn state_bytes() -> &'static [u8] {
@@ -199,7 +162,11 @@ proptest! {
     fn a_damaged_state_resumes_as_saved_or_is_refused_in_one_line(damage in damage()) {
         let tmp = temp_dir("damaged-state");
         let path = tmp.path().join("state.safetensors");
-        std::fs::write(&path, apply(state_bytes().to_vec(), &damage)).unwrap();
+        let bytes = state_bytes().to_vec();
+        // The header and the first values: where damage says something about
+        // the reader, not about f32 arithmetic.
+        let region = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize + 64;
+        std::fs::write(&path, apply(bytes, &damage, region)).unwrap();
         match Trainer::resume(&path, &config(), data().len()) {
             Ok(trainer) => {
                 prop_assert_eq!(trainer.step_count(), 1);
