@@ -225,7 +225,7 @@ pub fn save_classifier(
 /// (training settings, as strings). Refuses any other safetensors file.
 pub fn load_classifier(path: &Path) -> Result<(Classifier, HashMap<String, String>), EvalError> {
     let model = Classifier::new(&mut stream(0, Stream::Init, 0));
-    let (_, metadata) = checkpoint::load_tensors(path)?;
+    let metadata = checkpoint::read_metadata_map(path)?;
     if metadata.get(KIND.0).map(String::as_str) != Some(KIND.1) {
         let msg = format!("{}: not a classifier file (no metadata \"{}\": \"{}\")", path.display(), KIND.0, KIND.1);
         return Err(EvalError::Invalid(msg));

@@ -161,7 +161,7 @@ impl Trainer {
     pub fn repair_model(&self, dir: &Path) -> Result<Option<Option<u64>>, TrainError> {
         let path = dir.join(MODEL_FILE);
         let saved =
-            checkpoint::load_tensors(&path).ok().and_then(|(_, meta)| meta.get(MODEL_STEP)?.parse::<u64>().ok());
+            checkpoint::read_metadata_map(&path).ok().and_then(|meta| meta.get(MODEL_STEP)?.parse::<u64>().ok());
         if saved == Some(self.step_count()) {
             return Ok(None);
         }

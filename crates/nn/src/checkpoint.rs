@@ -12,7 +12,8 @@
 //!   metadata (the training state uses them for the EMA and Adam's moments).
 //! - [`save`] / [`load_into`]: a model's parameters with the interchange
 //!   [`Metadata`]; [`read_metadata`] reads only the metadata, to know which
-//!   model to build before loading into it.
+//!   model to build before loading into it ([`read_metadata_map`]: any
+//!   file's metadata, as strings).
 //!
 //! Two promises: a write is atomic (a crash mid-write leaves the old file, never
 //! half a new one), and a refused load changes nothing in the model.
@@ -242,9 +243,16 @@ pub fn load_tensors(path: &Path) -> Result<(Tensors, HashMap<String, String>), C
 /// which preset, how many classes, which schedule; what is needed to build the
 /// model that [`load_into`] then fills.
 pub fn read_metadata(path: &Path) -> Result<Metadata, CheckpointError> {
-    let bytes = read(path)?;
-    let (_, map) = parse(path, &bytes)?;
+    let map = read_metadata_map(path)?;
     Metadata::from_map(&map).map_err(|cause| CheckpointError::Metadata { path: path.to_path_buf(), cause })
+}
+
+/// The metadata of any safetensors file, as it is (empty if there is none).
+/// The header is checked as [`load_tensors`] checks it, but no tensor is
+/// decoded: for a caller that needs to know what a file is before it loads it.
+pub fn read_metadata_map(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+    let bytes = read(path)?;
+    Ok(parse(path, &bytes)?.1)
 }
 
 /// Loads a model checkpoint into `params` and returns its interchange metadata.
